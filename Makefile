@@ -1,0 +1,48 @@
+# fmnist-exp. On a fresh machine: `make train` (the main job) or `make test` (the suite);
+# both run `make setup` first, which is idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel on this kind of machine. On a CUDA machine: make setup TORCH=torch
+TORCH  ?= torch==2.13.0
+PORT   ?= 5000
+STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data train test lint ui clean distclean
+
+help:  ## list the targets
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed data  ## .venv + the package (editable, dev extras) + the dataset
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
+	@PY=$(PY) scripts/get_data.sh
+
+train: setup  ## the main job: LeNet+BN on Fashion-MNIST, tracked in MLflow (ARGS="..." for overrides)
+	$(PY) -m fmnist_exp $(ARGS)
+
+test: setup  ## ruff, then the test suite on fast configs and the real dataset
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m pytest $(ARGS)
+
+lint: $(VENV)/.installed  ## ruff check + format check
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+ui:  ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
+	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)
+
+clean:  ## caches and build files (never runs, checkpoints or the tracking DB)
+	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean  ## also the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,81 @@
+"""One LightningModule for every architecture: normalisation + network + loss, metrics, optimiser.
+
+It is built from plain dicts (the resolved `model`, `optimizer` and `scheduler` configs), which are
+saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact network.
+"""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from fmnist_exp.models import Normalize
+
+NUM_CLASSES = 10
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self,
+        net: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        mean: float = 0.0,
+        std: float = 255.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
+        # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
+        self.net = nn.Sequential(Normalize(mean, std), instantiate(net))
+        self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw pixels [N, 1, 28, 28] (uint8 or float 0..255) -> logits [N, 10]."""
+        return self.net(images)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self(images)
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing), logits
+
+    # Metrics accumulate on the device and are reduced once per epoch: no per-step host sync.
+    def training_step(self, batch, batch_idx):
+        loss, logits = self._loss(batch)
+        self.train_acc(logits, batch[1])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits = self._loss(batch)
+        self.val_acc(logits, batch[1])
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        loss, logits = self._loss(batch)
+        self.test_acc(logits, batch[1])
+        self.test_confusion.update(logits, batch[1])
+        self.log("test/loss", loss)
+        self.log("test/acc", self.test_acc)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def probabilities_module(self) -> nn.Module:
+        """The servable model: raw pixels float32 [N, 1, 28, 28] -> class probabilities [N, 10]."""
+        return nn.Sequential(self.net, nn.Softmax(dim=1)).eval()

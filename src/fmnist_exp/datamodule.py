@@ -1,0 +1,146 @@
+"""The one Fashion-MNIST LightningDataModule: find or fetch the files, split, and batch from memory.
+
+The whole dataset is kept as uint8 tensors ([N, 1, 28, 28], ~55 MB) and every batch is a slice of
+them, so there is no per-sample Python. Normalisation happens inside the model (see Classifier), so
+batches hold raw pixels and the logged model takes raw pixels too.
+"""
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from fmnist_exp import dataset
+from fmnist_exp.augment import augment_batch
+from fmnist_exp.errors import ConfigError, DataError
+from fmnist_exp.paths import project_root
+
+SPLITS = ("official", "random_80_10_10")
+
+
+class TensorBatches:
+    """Batches sliced from in-memory tensors; a fresh seeded permutation every epoch when shuffling."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: dict | None = None,
+    ):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator(device=self.images.device).manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator, device=self.images.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                x, y = self.images[idx], self.labels[idx]
+            if self.augment:
+                x = augment_batch(x, generator, **self.augment)
+            yield x, y
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        download: bool = False,
+        url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        md5: dict[str, str] | None = None,
+        split: str = "official",
+        val_size: int = 5000,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        shuffle_seed: int = 0,
+        augment: dict | None = None,
+    ):
+        super().__init__()
+        if split not in SPLITS:
+            raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}.")
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be a positive number of images per batch.")
+        if not 0 < val_size < 60000:
+            raise ConfigError(f"data.val_size={val_size} must be in 1..59999 (training images held out for validation).")
+        self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
+        self.split, self.val_size, self.split_seed = split, val_size, split_seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.shuffle_seed, self.augment = shuffle_seed, dict(augment or {})
+        self.source: Path | None = None
+        self.format: str | None = None
+
+    def search_dirs(self) -> list[Path]:
+        """An explicit data.data_dir is used as given; the default also searches Debian's copy."""
+        if self.data_dir is not None:
+            return [Path(self.data_dir).expanduser().resolve()]
+        default = os.environ.get("FMNIST_DATA_DIR") or project_root() / "data" / "fashion-mnist"
+        return [Path(default).expanduser().resolve(), dataset.DEBIAN_DIR]
+
+    def prepare_data(self) -> None:
+        dirs = self.search_dirs()
+        if self.download and not any(dataset.detect_format(d) for d in dirs):
+            try:
+                dataset.download(dirs[0], self.url, self.md5)
+            except DataError as e:
+                searched = "; ".join(dataset._describe(d) for d in dirs)
+                raise DataError(f"{e} Also searched: {searched}.") from e
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.source is not None:  # already loaded: setup runs once per process
+            return
+        note = "" if self.download else "Downloading is off (data.download=false). "
+        data = dataset.load(self.search_dirs(), download_note=note)
+        self.source, self.format = data.source, data.format
+        if self.split == "official":
+            order = torch.randperm(60000, generator=torch.Generator().manual_seed(self.split_seed))
+            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+            self.train = data.train_images[train_idx], data.train_labels[train_idx]
+            self.val = data.train_images[val_idx], data.train_labels[val_idx]
+            self.test = data.test_images, data.test_labels
+        else:  # Deep Learning Studio: all 70k images shuffled, then 80/10/10
+            images = torch.cat([data.train_images, data.test_images])
+            labels = torch.cat([data.train_labels, data.test_labels])
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            n_train, n_val = int(0.8 * len(order)), int(0.1 * len(order))
+            parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+            self.train, self.val, self.test = ((images[p], labels[p]) for p in parts)
+        pixels = self.train[0].float()
+        self.mean, self.std = pixels.mean().item(), pixels.std().item()  # raw 0..255 scale
+
+    def summary(self) -> dict[str, str | int]:
+        """What was read, logged as MLflow params on every run."""
+        return {
+            "data/source": str(self.source),
+            "data/format": str(self.format),
+            "data/n_train": len(self.train[1]),
+            "data/n_val": len(self.val[1]),
+            "data/n_test": len(self.test[1]),
+        }
+
+    def train_dataloader(self) -> TensorBatches:
+        return TensorBatches(
+            *self.train, self.batch_size, shuffle=True, seed=self.shuffle_seed, augment=self.augment
+        )
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.val, self.eval_batch_size)
+
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(*self.test, self.eval_batch_size)

@@ -1,0 +1,116 @@
+"""The networks: plain nn.Modules named for what they are. They take normalised images [N, 1, 28, 28]
+and return logits [N, 10]; the Classifier adds normalisation and training around them.
+
+Shape errors are checked here, before any training, and name the config key to change.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fmnist_exp.errors import ConfigError
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _activation(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={name!r} is not one of {', '.join(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
+
+def _pair(value: int | Sequence[int], key: str, double: bool) -> list[int]:
+    """An int -> [v, 2v] (channels) or [v, v] (kernels); a list of two is taken as is."""
+    values = [value, value * 2 if double else value] if isinstance(value, int) else list(value)
+    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ConfigError(
+            f"{key}={value!r} must be a positive int or a list of two positive ints (one per conv)."
+        )
+    return values
+
+
+class Normalize(nn.Module):
+    """Raw pixels 0..255 -> zero mean, unit variance, with the training split's statistics."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class MLP(nn.Module):
+    """784 -> hidden... -> 10, fully connected (the blog's first row: 784-256-128-10)."""
+
+    def __init__(self, hidden: Sequence[int] = (256, 128), activation: str = "relu", num_classes: int = 10):
+        super().__init__()
+        act = _activation(activation)
+        if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+            raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive ints.")
+        widths = [28 * 28, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip(widths, widths[1:], strict=False):
+            layers += [nn.Linear(w_in, w_out), act()]
+        layers.append(nn.Linear(widths[-1], num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> (BatchNorm) -> activation -> 2x2 max-pool."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, act: type[nn.Module], bn: bool):
+        layers = [nn.Conv2d(c_in, c_out, kernel, padding=padding)]
+        layers += [nn.BatchNorm2d(c_out)] if bn else []
+        super().__init__(*layers, act(), nn.MaxPool2d(2))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in the blog's progression: conv(1->c1, k1, padding 1) -> pool -> conv(c1->c2, k2)
+    -> pool -> fc 120 -> fc 84 -> fc 10. channels/kernel_size/activation/batch_norm give every row.
+    """
+
+    def __init__(
+        self,
+        channels: int | Sequence[int] = (6, 16),
+        kernel_size: int | Sequence[int] = 5,
+        activation: str = "tanh",
+        batch_norm: bool = False,
+        hidden: Sequence[int] = (120, 84),
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        c1, c2 = _pair(channels, "model.channels", double=True)
+        k1, k2 = _pair(kernel_size, "model.kernel_size", double=False)
+        size = 28
+        for i, (k, pad) in enumerate(((k1, 1), (k2, 0)), start=1):  # spatial size through each block
+            if size + 2 * pad - k + 1 < 2:
+                raise ConfigError(
+                    f"model.kernel_size={kernel_size!r}: conv {i} has kernel {k} but its input is "
+                    f"{size}x{size} (padding {pad}), which leaves no room for the 2x2 pool. "
+                    f"Use a smaller kernel (the blog uses 3 or 5)."
+                )
+            size = (size + 2 * pad - k + 1) // 2
+        act = _activation(activation)
+        self.features = nn.Sequential(
+            ConvBlock(1, c1, k1, 1, act, batch_norm), ConvBlock(c1, c2, k2, 0, act, batch_norm)
+        )
+        widths = [c2 * size * size, *hidden]
+        head: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip(widths, widths[1:], strict=False):
+            head += [nn.Linear(w_in, w_out), act()]
+        self.head = nn.Sequential(*head, nn.Linear(widths[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    return total, sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,44 @@
+"""Where things live: the config directory, the project root, the tracking store.
+
+In a source checkout (editable install) the root is the checkout and conf/ is its top-level folder;
+in an installed wheel conf/ ships inside the package and the root is the current directory.
+"""
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+_CHECKOUT = PACKAGE_DIR.parents[1]  # src/fmnist_exp -> repo root, when run from a checkout
+
+
+def is_checkout() -> bool:
+    return (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "conf").is_dir()
+
+
+def config_dir() -> Path:
+    """conf/ of the checkout when there is one (so edits apply at once), else the packaged copy."""
+    return _CHECKOUT / "conf" if is_checkout() else PACKAGE_DIR / "conf"
+
+
+def project_root() -> Path:
+    """Folder that holds mlruns/, outputs/ and data/: the checkout, else the working directory."""
+    return _CHECKOUT if is_checkout() else Path.cwd()
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the checkout's sqlite store (absolute, as MLflow 3 needs)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+    )
+
+
+def register_resolvers() -> None:
+    """`${fmnist.root:}` and `${fmnist.tracking_uri:}` for the YAML files; safe to call twice."""
+    for name, fn in {
+        "fmnist.root": lambda: str(project_root()),
+        "fmnist.tracking_uri": default_tracking_uri,
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -1,0 +1,104 @@
+"""MLflow: where runs go, what each run records, and the servable model.
+
+The store is always passed explicitly (MLflow 3 refuses the bare ./mlruns file store). With a sqlite
+store the artifacts live beside the database file, so one folder (mlruns/) holds everything.
+"""
+
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.models import infer_signature
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """sqlite:////abs/mlruns/mlflow.db -> file:///abs/mlruns/artifacts; servers choose their own."""
+    db = sqlite_path(tracking_uri)
+    return None if db is None else (db.resolve().parent / "artifacts").as_uri()
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """sqlite:////abs/x.db -> /abs/x.db (four slashes: absolute); other stores -> None."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
+
+
+def ensure_store(tracking_uri: str, experiment: str) -> str:
+    """Create the store's schema and the experiment if needed; return the experiment id.
+
+    Done once, up front, so that parallel jobs never race on a fresh sqlite file.
+    """
+    if (db := sqlite_path(tracking_uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment, artifact_location=artifact_location(tracking_uri))
+    except mlflow.exceptions.MlflowException:  # another process created it meanwhile
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def make_logger(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> MLFlowLogger:
+    """Lightning's MLflow logger on an explicit store; the run starts when something is first logged."""
+    ensure_store(tracking_uri, experiment)
+    return MLFlowLogger(
+        experiment_name=experiment,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        tags=tags,
+        artifact_location=artifact_location(tracking_uri),
+    )
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """{'model': {'channels': [16, 32]}} -> {'model.channels': '[16, 32]'} (MLflow params are flat)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit(directory: Path) -> str:
+    """HEAD of the checkout (with '-dirty' when it has uncommitted changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def log_model(tracking_uri: str, run_id: str, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Log the servable model: raw pixels float32 [N, 1, 28, 28] -> probabilities [N, 10].
+
+    MLflow 3 saves it with torch.export, which needs an input example with batch >= 2 so the batch
+    dimension is exported as dynamic, plus a signature and explicit requirements (no env inference).
+    """
+    example = example[:2].float().cpu().numpy().astype(np.float32)
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )

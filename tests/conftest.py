@@ -1,0 +1,60 @@
+"""Shared fixtures: the real dataset, composed configs with fast settings, a private MLflow store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from fmnist_exp import dataset
+from fmnist_exp.paths import config_dir, register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The official IDX files; `make test` installs them (Debian package or download)."""
+    for candidate in (os.environ.get("FMNIST_DATA_DIR"), REPO / "data" / "fashion-mnist", dataset.DEBIAN_DIR):
+        if candidate and dataset.detect_format(Path(candidate)) == "idx":
+            return Path(candidate)
+    pytest.fail("Fashion-MNIST IDX files not found: run `make setup` (it installs them)")
+
+
+@pytest.fixture(scope="session")
+def real_data(real_data_dir: Path) -> dataset.FashionMNIST:
+    return dataset.load([real_data_dir])
+
+
+def compose_config(overrides: list[str], tmp_path: Path, data_dir: Path) -> DictConfig:
+    """The real config, made fast and private: its own output dir and sqlite store under tmp_path."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(
+            "train",
+            overrides=[
+                "trainer=fast",
+                f"data.data_dir={data_dir}",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+                *overrides,
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, real_data_dir: Path):
+    return lambda *overrides: compose_config(list(overrides), tmp_path, real_data_dir)
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
+    """`python -m fmnist_exp ARGS` in a subprocess, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_exp", *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

@@ -1,0 +1,105 @@
+"""Every config option composes and builds; the parameter counts match the blog exactly."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fmnist_exp.classifier import Classifier
+from fmnist_exp.errors import ConfigError
+from fmnist_exp.models import LeNet, count_parameters
+from fmnist_exp.paths import config_dir
+
+GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+          for group in ("data", "model", "optimizer", "scheduler", "trainer")}  # fmt: skip
+
+PARAMETER_COUNTS = [  # (overrides, parameters): the blog's table plus our MLP
+    (["model=mlp"], 235_146),
+    (["model=lenet"], 44_426),
+    (["model=lenet_relu"], 44_426),
+    (["model=lenet_bn"], 44_470),
+    (["model=lenet_bn", "model.channels=16"], 85_918),
+    (["model=lenet_bn", "model.channels=16", "model.kernel_size=[5,3]"], 112_286),
+    (["model=lenet_bn", "model.channels=16", "model.kernel_size=3"], 154_270),
+    (["model=lenet_bn", "model.channels=32", "model.kernel_size=3"], 306_622),
+]
+
+
+def build(cfg) -> Classifier:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return Classifier(net=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
+
+
+def test_every_group_has_the_promised_options():
+    assert GROUPS["model"] == ["lenet", "lenet_bn", "lenet_relu", "mlp"]
+    assert GROUPS["optimizer"] == ["adam", "adamw", "sgd"]
+    assert GROUPS["scheduler"] == ["cosine", "none", "one_cycle"]
+    assert GROUPS["trainer"] == ["cpu", "default", "fast", "gpu"]
+    assert GROUPS["data"] == ["fashion_mnist", "fashion_mnist_80_10_10"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes_and_builds(make_config, group, option):
+    cfg = make_config(f"{group}={option}")
+    if group == "trainer":
+        assert cfg.trainer._target_ == "lightning.Trainer"
+        if option != "gpu":  # gpu needs a GPU: tests/test_cli.py checks its error, test_gpu.py the run
+            trainer = instantiate(cfg.trainer, logger=False)
+            assert trainer.max_epochs == cfg.trainer.max_epochs
+    elif group == "data":
+        datamodule = instantiate(cfg.data)
+        assert datamodule.split == cfg.data.split
+    else:
+        model = build(cfg)
+        logits = model(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
+        assert logits.shape == (3, 10)
+        model.trainer = type("T", (), {"estimated_stepping_batches": 100})()  # what Lightning supplies
+        assert model.configure_optimizers() is not None
+
+
+@pytest.mark.parametrize("overrides,expected", PARAMETER_COUNTS, ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_parameter_counts_match_the_blog(make_config, overrides, expected):
+    total, trainable = count_parameters(build(make_config(*overrides)).net)
+    assert (total, trainable) == (expected, expected)
+
+
+def test_lenet_layout_is_the_blogs():
+    net = LeNet(channels=[6, 16], kernel_size=5)
+    conv1, conv2 = net.features[0][0], net.features[1][0]
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (1, 6, (5, 5), (1, 1))
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.padding) == (6, 16, (5, 5), (0, 0))
+    assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [120, 84, 10]
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"kernel_size": 29}, "model.kernel_size"),  # larger than the padded 30x30 input after pooling
+        ({"kernel_size": [5, 14]}, "model.kernel_size"),  # larger than conv 2's 13x13 input
+        ({"channels": 0}, "model.channels"),
+        ({"channels": [8, -1]}, "model.channels"),
+        ({"channels": [8, 16, 32]}, "model.channels"),
+        ({"kernel_size": 0}, "model.kernel_size"),
+        ({"activation": "gelu"}, "model.activation"),
+    ],
+)
+def test_impossible_shapes_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        LeNet(**kwargs)
+
+
+def test_load_from_checkpoint_rebuilds_the_network(make_config, tmp_path: Path):
+    import lightning as L
+
+    model = build(make_config("model.channels=16", "model.kernel_size=3"))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    restored = Classifier.load_from_checkpoint(path)
+    x = torch.rand(4, 1, 28, 28) * 255
+    model.eval(), restored.eval()
+    assert count_parameters(restored.net)[0] == 154_270
+    assert torch.equal(model(x), restored(x))
