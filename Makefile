@@ -37,7 +37,7 @@ lint: $(VENV)/.installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-ui:  ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
+ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
 	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)
 
 clean:  ## caches and build files (never runs, checkpoints or the tracking DB)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from fmnist_exp import dataset
@@ -19,7 +20,11 @@ register_resolvers()
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The official IDX files; `make test` installs them (Debian package or download)."""
-    for candidate in (os.environ.get("FMNIST_DATA_DIR"), REPO / "data" / "fashion-mnist", dataset.DEBIAN_DIR):
+    for candidate in (
+        os.environ.get("FMNIST_DATA_DIR"),
+        REPO / "data" / "fashion-mnist",
+        dataset.DEBIAN_DIR,
+    ):
         if candidate and dataset.detect_format(Path(candidate)) == "idx":
             return Path(candidate)
     pytest.fail("Fashion-MNIST IDX files not found: run `make setup` (it installs them)")
@@ -41,9 +46,12 @@ def compose_config(overrides: list[str], tmp_path: Path, data_dir: Path) -> Dict
                 f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                 *overrides,
             ],
+            return_hydra_config=True,
         )
+    HydraConfig.instance().set_config(cfg)  # as under `python -m fmnist_exp`: choices, overrides
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra
     return cfg
 
 

@@ -25,14 +25,25 @@ def write_csv(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
 def csv_dir(tmp_path_factory, real_data) -> Path:
     """The Kaggle CSV pair, written from the first 600 / 200 real images."""
     directory = tmp_path_factory.mktemp("csv")
-    write_csv(directory / dataset.CSV_FILES["train"], real_data.train_images[:600], real_data.train_labels[:600])
-    write_csv(directory / dataset.CSV_FILES["test"], real_data.test_images[:200], real_data.test_labels[:200])
+    write_csv(
+        directory / dataset.CSV_FILES["train"],
+        real_data.train_images[:600],
+        real_data.train_labels[:600],
+    )
+    write_csv(
+        directory / dataset.CSV_FILES["test"],
+        real_data.test_images[:200],
+        real_data.test_labels[:200],
+    )
     return directory
 
 
 def test_idx_files_hold_the_official_splits(real_data):
     assert real_data.format == "idx"
-    assert real_data.train_images.shape == (60000, 1, 28, 28) and real_data.train_images.dtype == torch.uint8
+    assert (
+        real_data.train_images.shape == (60000, 1, 28, 28)
+        and real_data.train_images.dtype == torch.uint8
+    )
     assert real_data.test_images.shape == (10000, 1, 28, 28)
     assert real_data.train_labels.dtype == torch.int64
     assert torch.bincount(real_data.train_labels).tolist() == [6000] * 10  # balanced classes
@@ -65,14 +76,20 @@ def test_official_split_is_seeded_and_disjoint(real_data_dir):
     }  # fmt: skip
     assert torch.equal(a.val[0], b.val[0])
     train_rows = {bytes(x.numpy()) for x in a.train[0][:3000]}
-    assert not any(bytes(x.numpy()) in train_rows for x in a.val[0][:500])  # (nearly) no shared images
+    assert not any(
+        bytes(x.numpy()) in train_rows for x in a.val[0][:500]
+    )  # (nearly) no shared images
     assert 60 < a.mean < 80 and 80 < a.std < 100  # raw 0..255 statistics of the training split
 
 
 def test_80_10_10_split_uses_all_70k(real_data_dir):
     dm = FashionMNISTDataModule(data_dir=str(real_data_dir), split="random_80_10_10")
     dm.setup()
-    assert (dm.summary()["data/n_train"], dm.summary()["data/n_val"], dm.summary()["data/n_test"]) == (56000, 7000, 7000)
+    assert (
+        dm.summary()["data/n_train"],
+        dm.summary()["data/n_val"],
+        dm.summary()["data/n_test"],
+    ) == (56000, 7000, 7000)
 
 
 def test_batches_cover_every_image_once_and_reshuffle_each_epoch():
@@ -93,13 +110,21 @@ def test_augmentations_keep_shape_dtype_and_labels():
     labels = torch.arange(10).repeat(20)
     images = (labels * 25).to(torch.uint8).reshape(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
     g = torch.Generator().manual_seed(0)
-    for out in (random_crop(images, 4, g), random_hflip(images, g), augment_batch(images, g, hflip=True, crop_padding=2)):
+    for out in (
+        random_crop(images, 4, g),
+        random_hflip(images, g),
+        augment_batch(images, g, hflip=True, crop_padding=2),
+    ):
         assert out.shape == images.shape and out.dtype == torch.uint8
-        assert torch.equal(out[:, 0, 14, 14], images[:, 0, 14, 14])  # centre pixel: the label's value
+        assert torch.equal(
+            out[:, 0, 14, 14], images[:, 0, 14, 14]
+        )  # centre pixel: the label's value
     ramp = torch.arange(28, dtype=torch.uint8).expand(64, 1, 28, 28)
     flipped = random_hflip(ramp, torch.Generator().manual_seed(1))
     n_flipped = int((flipped[:, 0, 0, 0] == 27).sum())
-    assert 10 < n_flipped < 54 and torch.equal(flipped[flipped[:, 0, 0, 0] == 27][0, 0, 0], ramp[0, 0, 0].flip(0))
+    assert 10 < n_flipped < 54 and torch.equal(
+        flipped[flipped[:, 0, 0, 0] == 27][0, 0, 0], ramp[0, 0, 0].flip(0)
+    )
     shifted = random_crop(ramp, 3, torch.Generator().manual_seed(2))
     assert len({tuple(row.tolist()) for row in shifted[:, 0, 5]}) > 1  # offsets differ per image
 
@@ -163,7 +188,9 @@ def test_csv_with_wrong_columns_names_the_file(csv_dir, tmp_path):
         dataset.load([tmp_path])
 
 
-@pytest.mark.parametrize("column,value", [("pixel300", 256), ("pixel1", -1), ("label", 10), ("pixel7", "x")])
+@pytest.mark.parametrize(
+    "column,value", [("pixel300", 256), ("pixel1", -1), ("label", 10), ("pixel7", "x")]
+)
 def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
     for name in dataset.CSV_FILES.values():
         shutil.copy(csv_dir / name, tmp_path / name)
@@ -171,13 +198,19 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
     frame = pd.read_csv(path).astype(object)
     frame.loc[41, column] = value
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match=rf"fashion-mnist_train\.csv row 42 \(line 43\), column {column}"):
+    with pytest.raises(
+        DataError, match=rf"fashion-mnist_train\.csv row 42 \(line 43\), column {column}"
+    ):
         dataset.load([tmp_path])
 
 
 @pytest.mark.parametrize(
     "kwargs,key",
-    [({"split": "70_30"}, "data.split"), ({"batch_size": 0}, "data.batch_size"), ({"val_size": 60000}, "data.val_size")],
+    [
+        ({"split": "70_30"}, "data.split"),
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"val_size": 60000}, "data.val_size"),
+    ],
 )
 def test_bad_data_config_names_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -190,5 +223,7 @@ def test_readers_never_modify_the_files(idx_copy):
     with pytest.raises(DataError):
         dataset.load([idx_copy])
     after = {p.name: p.read_bytes() for p in idx_copy.iterdir()}
-    assert after.keys() == before.keys() and all(after[k] == before[k] for k in before if "t10k-labels" not in k)
+    assert after.keys() == before.keys() and all(
+        after[k] == before[k] for k in before if "t10k-labels" not in k
+    )
     assert np.frombuffer(after["t10k-labels-idx1-ubyte.gz"], np.uint8).tobytes() == b"garbage"

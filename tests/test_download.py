@@ -55,15 +55,22 @@ def test_corrupt_download_is_rejected_and_nothing_half_written_survives(mirror, 
     blob[5000] ^= 0xFF  # one flipped byte: the size is right, the content is not
     corrupt.write_bytes(bytes(blob))
     target = tmp_path / "data"
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz downloaded with MD5 .* expected"):
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte\.gz downloaded with MD5 .* expected"
+    ):
         dataset.download(target, url, md5)
     left = sorted(p.name for p in target.iterdir())
-    assert left == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]  # the verified ones only
+    assert left == [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]  # the verified ones only
     assert all(hashlib.md5((target / n).read_bytes()).hexdigest() == md5[n] for n in left)
 
 
 def test_the_published_md5s_reject_a_file_that_differs(mirror, tmp_path):
-    url, _, _ = mirror  # Debian's copies are recompressed, so their bytes differ from the published ones
+    url, _, _ = (
+        mirror  # Debian's copies are recompressed, so their bytes differ from the published ones
+    )
     with pytest.raises(DataError, match="data.md5.train-images-idx3-ubyte.gz"):
         FashionMNISTDataModule(
             data_dir=str(tmp_path / "data"), download=True, url=url,

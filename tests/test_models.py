@@ -29,7 +29,9 @@ PARAMETER_COUNTS = [  # (overrides, parameters): the blog's table plus our MLP
 
 def build(cfg) -> Classifier:
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return Classifier(net=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
+    return Classifier(
+        net=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"]
+    )
 
 
 def test_every_group_has_the_promised_options():
@@ -45,7 +47,9 @@ def test_every_option_composes_and_builds(make_config, group, option):
     cfg = make_config(f"{group}={option}")
     if group == "trainer":
         assert cfg.trainer._target_ == "lightning.Trainer"
-        if option != "gpu":  # gpu needs a GPU: tests/test_cli.py checks its error, test_gpu.py the run
+        if (
+            option != "gpu"
+        ):  # gpu needs a GPU: tests/test_cli.py checks its error, test_gpu.py the run
             trainer = instantiate(cfg.trainer, logger=False)
             assert trainer.max_epochs == cfg.trainer.max_epochs
     elif group == "data":
@@ -55,11 +59,17 @@ def test_every_option_composes_and_builds(make_config, group, option):
         model = build(cfg)
         logits = model(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
         assert logits.shape == (3, 10)
-        model.trainer = type("T", (), {"estimated_stepping_batches": 100})()  # what Lightning supplies
+        model.trainer = type(
+            "T", (), {"estimated_stepping_batches": 100}
+        )()  # what Lightning supplies
         assert model.configure_optimizers() is not None
 
 
-@pytest.mark.parametrize("overrides,expected", PARAMETER_COUNTS, ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+@pytest.mark.parametrize(
+    "overrides,expected",
+    PARAMETER_COUNTS,
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)
 def test_parameter_counts_match_the_blog(make_config, overrides, expected):
     total, trainable = count_parameters(build(make_config(*overrides)).net)
     assert (total, trainable) == (expected, expected)
@@ -68,15 +78,28 @@ def test_parameter_counts_match_the_blog(make_config, overrides, expected):
 def test_lenet_layout_is_the_blogs():
     net = LeNet(channels=[6, 16], kernel_size=5)
     conv1, conv2 = net.features[0][0], net.features[1][0]
-    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (1, 6, (5, 5), (1, 1))
-    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.padding) == (6, 16, (5, 5), (0, 0))
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.padding) == (
+        1,
+        6,
+        (5, 5),
+        (1, 1),
+    )
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.padding) == (
+        6,
+        16,
+        (5, 5),
+        (0, 0),
+    )
     assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [120, 84, 10]
 
 
 @pytest.mark.parametrize(
     "kwargs,key",
     [
-        ({"kernel_size": 29}, "model.kernel_size"),  # larger than the padded 30x30 input after pooling
+        (
+            {"kernel_size": 29},
+            "model.kernel_size",
+        ),  # larger than the padded 30x30 input after pooling
         ({"kernel_size": [5, 14]}, "model.kernel_size"),  # larger than conv 2's 13x13 input
         ({"channels": 0}, "model.channels"),
         ({"channels": [8, -1]}, "model.channels"),
@@ -94,7 +117,9 @@ def test_load_from_checkpoint_rebuilds_the_network(make_config, tmp_path: Path):
     import lightning as L
 
     model = build(make_config("model.channels=16", "model.kernel_size=3"))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0
+    )
     trainer.strategy.connect(model)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)

@@ -7,13 +7,20 @@ saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from fmnist_exp.models import Normalize
 
 NUM_CLASSES = 10
+
+
+def build(spec: dict) -> nn.Module:
+    """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module. Unlike hydra's instantiate,
+    a ConfigError raised by the constructor reaches the caller unwrapped."""
+    kwargs = dict(spec)
+    return get_object(kwargs.pop("_target_"))(**kwargs)
 
 
 class Classifier(L.LightningModule):
@@ -29,7 +36,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
         # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
-        self.net = nn.Sequential(Normalize(mean, std), instantiate(net))
+        self.net = nn.Sequential(Normalize(mean, std), build(net))
         self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
@@ -74,7 +81,10 @@ class Classifier(L.LightningModule):
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def probabilities_module(self) -> nn.Module:
         """The servable model: raw pixels float32 [N, 1, 28, 28] -> class probabilities [N, 10]."""

@@ -44,10 +44,17 @@ class TensorBatches:
         generator = torch.Generator(device=self.images.device).manual_seed(self.seed + self.epoch)
         self.epoch += 1
         n = len(self.labels)
-        order = torch.randperm(n, generator=generator, device=self.images.device) if self.shuffle else None
+        order = (
+            torch.randperm(n, generator=generator, device=self.images.device)
+            if self.shuffle
+            else None
+        )
         for start in range(0, n, self.batch_size):
             if order is None:
-                x, y = self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+                x, y = (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
             else:
                 idx = order[start : start + self.batch_size]
                 x, y = self.images[idx], self.labels[idx]
@@ -74,11 +81,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
         super().__init__()
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}.")
-        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+        for key, value in (
+            ("data.batch_size", batch_size),
+            ("data.eval_batch_size", eval_batch_size),
+        ):
             if value < 1:
                 raise ConfigError(f"{key}={value} must be a positive number of images per batch.")
         if not 0 < val_size < 60000:
-            raise ConfigError(f"data.val_size={val_size} must be in 1..59999 (training images held out for validation).")
+            raise ConfigError(
+                f"data.val_size={val_size} must be in 1..59999 (training images held out for validation)."
+            )
         self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -117,7 +129,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         else:  # Deep Learning Studio: all 70k images shuffled, then 80/10/10
             images = torch.cat([data.train_images, data.test_images])
             labels = torch.cat([data.train_labels, data.test_labels])
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+            order = torch.randperm(
+                len(labels), generator=torch.Generator().manual_seed(self.split_seed)
+            )
             n_train, n_val = int(0.8 * len(order)), int(0.1 * len(order))
             parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
             self.train, self.val, self.test = ((images[p], labels[p]) for p in parts)

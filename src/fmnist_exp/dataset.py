@@ -79,7 +79,9 @@ def load(directories: list[Path], download_note: str = "") -> FashionMNIST:
         if fmt == "csv":
             return _load_csv(directory)
     searched = "; ".join(_describe(d) for d in directories)
-    raise DataError(f"Fashion-MNIST not found. Searched: {searched}. {download_note}{GET_DATA_HINT}")
+    raise DataError(
+        f"Fashion-MNIST not found. Searched: {searched}. {download_note}{GET_DATA_HINT}"
+    )
 
 
 def _describe(directory: Path) -> str:
@@ -121,7 +123,10 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 def _load_idx(directory: Path) -> FashionMNIST:
     arrays = {}
     for split, (images_name, labels_name) in IDX_FILES.items():
-        images_path, labels_path = _idx_path(directory, images_name), _idx_path(directory, labels_name)
+        images_path, labels_path = (
+            _idx_path(directory, images_name),
+            _idx_path(directory, labels_name),
+        )
         images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
         if len(images) != len(labels):
             raise DataError(

@@ -7,14 +7,18 @@ import sys
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from fmnist_exp.errors import UserError
+from fmnist_exp.errors import one_paragraph, user_error
 from fmnist_exp.paths import config_dir, register_resolvers
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--download", action="store_true", help="fetch missing files (data.download=true)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.data_dir=/some/dir")
+    parser.add_argument(
+        "--download", action="store_true", help="fetch missing files (data.download=true)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. data.data_dir=/some/dir"
+    )
     args = parser.parse_args(argv)
     register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
@@ -23,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as exc:
+        if (cause := user_error(exc)) is None:
+            raise
+        print(f"error: {one_paragraph(cause)}", file=sys.stderr)
         return 2
     summary = datamodule.summary()
     print(f"Fashion-MNIST ({summary['data/format']}) in {summary['data/source']}")

@@ -45,7 +45,9 @@ class Normalize(nn.Module):
 class MLP(nn.Module):
     """784 -> hidden... -> 10, fully connected (the blog's first row: 784-256-128-10)."""
 
-    def __init__(self, hidden: Sequence[int] = (256, 128), activation: str = "relu", num_classes: int = 10):
+    def __init__(
+        self, hidden: Sequence[int] = (256, 128), activation: str = "relu", num_classes: int = 10
+    ):
         super().__init__()
         act = _activation(activation)
         if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
@@ -64,7 +66,9 @@ class MLP(nn.Module):
 class ConvBlock(nn.Sequential):
     """conv -> (BatchNorm) -> activation -> 2x2 max-pool."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int, act: type[nn.Module], bn: bool):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, padding: int, act: type[nn.Module], bn: bool
+    ):
         layers = [nn.Conv2d(c_in, c_out, kernel, padding=padding)]
         layers += [nn.BatchNorm2d(c_out)] if bn else []
         super().__init__(*layers, act(), nn.MaxPool2d(2))
@@ -88,7 +92,9 @@ class LeNet(nn.Module):
         c1, c2 = _pair(channels, "model.channels", double=True)
         k1, k2 = _pair(kernel_size, "model.kernel_size", double=False)
         size = 28
-        for i, (k, pad) in enumerate(((k1, 1), (k2, 0)), start=1):  # spatial size through each block
+        for i, (k, pad) in enumerate(
+            ((k1, 1), (k2, 0)), start=1
+        ):  # spatial size through each block
             if size + 2 * pad - k + 1 < 2:
                 raise ConfigError(
                     f"model.kernel_size={kernel_size!r}: conv {i} has kernel {k} but its input is "

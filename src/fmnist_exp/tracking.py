@@ -39,12 +39,16 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(experiment, artifact_location=artifact_location(tracking_uri))
+        return client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri)
+        )
     except mlflow.exceptions.MlflowException:  # another process created it meanwhile
         return client.get_experiment_by_name(experiment).experiment_id
 
 
-def make_logger(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> MLFlowLogger:
+def make_logger(
+    tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]
+) -> MLFlowLogger:
     """Lightning's MLflow logger on an explicit store; the run starts when something is first logged."""
     ensure_store(tracking_uri, experiment)
     return MLFlowLogger(
@@ -83,7 +87,9 @@ def git_commit(directory: Path) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def log_model(tracking_uri: str, run_id: str, model: torch.nn.Module, example: torch.Tensor) -> None:
+def log_model(
+    tracking_uri: str, run_id: str, model: torch.nn.Module, example: torch.Tensor
+) -> None:
     """Log the servable model: raw pixels float32 [N, 1, 28, 28] -> probabilities [N, 10].
 
     MLflow 3 saves it with torch.export, which needs an input example with batch >= 2 so the batch
@@ -100,5 +106,8 @@ def log_model(tracking_uri: str, run_id: str, model: torch.nn.Module, example: t
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"mlflow=={mlflow.__version__}",
+            ],
         )

@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import plots, tracking
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.errors import ConfigError, user_error
 from fmnist_exp.models import count_parameters
 
 
@@ -31,7 +32,9 @@ class EpochHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        self.epochs.append({k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))})
+        self.epochs.append(
+            {k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))}
+        )
 
 
 def describe_run(cfg: DictConfig) -> tuple[str, list[str]]:
@@ -40,6 +43,20 @@ def describe_run(cfg: DictConfig) -> tuple[str, list[str]]:
         hydra_cfg = HydraConfig.get()
         return hydra_cfg.runtime.choices.get("model", "custom"), list(hydra_cfg.overrides.task)
     return cfg.model._target_.rsplit(".", 1)[-1].lower(), []
+
+
+def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> L.Trainer:
+    """lightning.Trainer from the `trainer` group; an accelerator that isn't there fails here."""
+    try:
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=logger)
+    except Exception as exc:
+        if not isinstance(cause := user_error(exc), MisconfigurationException):
+            raise
+        raise ConfigError(
+            f"Lightning cannot set up trainer.accelerator={trainer_cfg.accelerator} "
+            f"(devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}. Is a GPU visible (nvidia-smi, "
+            f"torch.cuda.is_available())? Without one use trainer=cpu or trainer.accelerator=auto."
+        ) from exc
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -89,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
         },
     )
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)  # bad accelerator: fails here
+    trainer = make_trainer(cfg.trainer, callbacks, logger)
 
     # From here on the MLflow run exists: it ends FAILED (or KILLED) if anything below raises.
     client, run_id = logger.experiment, logger.run_id
@@ -99,7 +116,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not k.startswith(("paths.", "data.md5."))  # machine-specific or constant
         }  # fmt: skip
         logger.log_hyperparams(params | datamodule.summary() | {"output_dir": str(output_dir)})
-        logger.log_metrics({"model/params_total": params_total, "model/params_trainable": params_trainable})
+        logger.log_metrics(
+            {"model/params_total": params_total, "model/params_trainable": params_trainable}
+        )
         output_dir.mkdir(parents=True, exist_ok=True)
         config_file = output_dir / "config.yaml"
         config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -108,7 +127,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule)
         fit_seconds = time.perf_counter() - fit_started
         best = checkpoint.best_model_path or None
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
+        tested = trainer.test(
+            model, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
+        )
         results = {
             "test/acc": tested[0]["test/acc"],
             "test/loss": tested[0]["test/loss"],
@@ -127,7 +148,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             client.log_artifact(run_id, best, artifact_path="checkpoints")
         if cfg.mlflow.log_model:
             example = datamodule.test[0][:2]
-            tracking.log_model(cfg.mlflow.tracking_uri, run_id, model.probabilities_module(), example)
+            tracking.log_model(
+                cfg.mlflow.tracking_uri, run_id, model.probabilities_module(), example
+            )
         results["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({k: v for k, v in results.items() if not k.startswith("test/")})
     except BaseException as exc:

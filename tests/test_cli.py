@@ -1,0 +1,106 @@
+"""The command line as users type it, in subprocesses: success, the store it writes, and errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+
+def fast(tmp_path: Path, data_dir: Path) -> list[str]:
+    return ["trainer=fast", f"data.data_dir={data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
+
+
+def runs_in(uri: str) -> list:
+    client = mlflow.MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_train_command_prints_the_summary(tmp_path, real_data_dir):
+    done = run_cli("model=lenet_bn", *fast(tmp_path, real_data_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("run "))
+    assert "test/acc=" in summary and "params=44,470" in summary and "wall=" in summary
+    assert "mlflow ui --backend-store-uri" in done.stdout
+    (run,) = runs_in(f"sqlite:///{tmp_path}/mlflow.db")
+    assert run.info.status == "FINISHED" and run.data.tags["overrides"].startswith("model=lenet_bn")
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
+    args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("mlflow.tracking_uri")]
+    env_store = f"sqlite:///{tmp_path}/from_env.db"
+    done = run_cli(*args, "mlflow.log_model=false", env={"MLFLOW_TRACKING_URI": env_store})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(runs_in(env_store)) == 1
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "data.data_dir=/nonexistent/fmnist",
+            "Fashion-MNIST not found. Searched: /nonexistent/fmnist (no such directory)",
+        ),
+        ("model.kernel_size=[5,20]", "model.kernel_size=[5, 20]: conv 2 has kernel 20"),
+        ("model.channels=0", "model.channels=0 must be a positive int"),
+        ("data.split=by_class", "data.split='by_class' is not one of"),
+        ("++trainer.no_such_arg=1", "unexpected keyword argument 'no_such_arg'"),
+    ],
+)
+def test_bad_input_is_one_paragraph_and_leaves_no_run(tmp_path, real_data_dir, override, expected):
+    done = run_cli(*fast(tmp_path, real_data_dir), override)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and expected in error_lines[0], done.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists() or runs_in(f"sqlite:///{tmp_path}/mlflow.db") == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
+def test_gpu_without_a_gpu_is_lightnings_clear_error(tmp_path, real_data_dir):
+    done = run_cli(*fast(tmp_path, real_data_dir), "trainer.accelerator=gpu")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: " in done.stderr and "GPU" in done.stderr
+
+
+def test_unknown_config_option_lists_the_choices(tmp_path):
+    done = run_cli("model=resnet9000")
+    assert done.returncode != 0
+    assert "Could not find 'model/resnet9000'" in done.stderr and "lenet_bn" in done.stderr
+
+
+def test_any_trainer_argument_can_be_set(tmp_path, real_data_dir):
+    done = run_cli(
+        *fast(tmp_path, real_data_dir), "++trainer.max_steps=2", "mlflow.log_model=false"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_in(f"sqlite:///{tmp_path}/mlflow.db")
+    assert run.data.params["trainer.max_steps"] == "2"
+
+
+def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
+    """`pip install .` then `python -m fmnist_exp --cfg job` elsewhere: conf/ ships in the wheel."""
+    wheels, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("fmnist_exp-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import fmnist_exp.paths as p; print(p.config_dir(), p.project_root())"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert where == [str(site / "fmnist_exp" / "conf"), str(elsewhere)]
+    done = subprocess.run([sys.executable, "-m", "fmnist_exp", "--cfg", "job", "model=lenet"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fmnist_exp.models.LeNet" in done.stdout and "activation: tanh" in done.stdout

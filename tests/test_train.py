@@ -1,0 +1,148 @@
+"""Real (short) training runs on the real data, read back through the MLflow client."""
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fmnist_exp.classifier import Classifier
+from fmnist_exp.errors import ConfigError
+from fmnist_exp.train import train
+
+
+def the_only_run(cfg):
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, real_data_dir):
+    """One LeNet+BN run: 1 epoch of 150 batches (19k images), validation and test on 3k images each."""
+    from conftest import compose_config
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        ["trainer.limit_train_batches=150", "trainer.limit_val_batches=3", "trainer.limit_test_batches=3"],
+        tmp, real_data_dir,
+    )  # fmt: skip
+    return cfg, train(cfg)
+
+
+def test_short_training_beats_chance_by_far(trained):
+    _, results = trained
+    assert results["test/acc"] > 0.75  # chance is 0.10; one partial epoch of LeNet+BN gets ~0.8
+
+
+def test_run_records_params_metrics_tags(trained):
+    cfg, results = trained
+    client, run = the_only_run(cfg)
+    assert run.info.status == "FINISHED"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["model.channels"] == "[6, 16]" and params["model.batch_norm"] == "True"
+    assert params["optimizer._target_"] == "torch.optim.Adam" and params["optimizer.lr"] == "0.001"
+    assert params["data/format"] == "idx" and params["data/source"] == cfg.data.data_dir
+    assert (params["data/n_train"], params["data/n_val"], params["data/n_test"]) == (
+        "55000",
+        "5000",
+        "10000",
+    )
+    assert metrics["model/params_total"] == metrics["model/params_trainable"] == 44_470
+    assert metrics["test/acc"] == pytest.approx(results["test/acc"])
+    for name in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss"):
+        assert np.isfinite(metrics[name]), name
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 1  # one epoch -> one point
+    assert tags["model"] == "lenet_bn" and "command" in tags and len(tags["git_commit"]) >= 7
+
+
+def test_run_logs_config_plots_checkpoint_and_model(trained):
+    cfg, _ = trained
+    client, run = the_only_run(cfg)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "training_curves.png", "confusion_matrix.png", "checkpoints"} <= names
+    (ckpt,) = client.list_artifacts(run.info.run_id, "checkpoints")
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=ckpt.path,
+                                                tracking_uri=cfg.mlflow.tracking_uri)  # fmt: skip
+    restored = Classifier.load_from_checkpoint(local, map_location="cpu").eval()
+    config_file = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="config.yaml", tracking_uri=cfg.mlflow.tracking_uri
+    )
+    logged = OmegaConf.load(config_file)  # the resolved config: no interpolations left
+    assert logged.model == cfg.model and logged.data.data_dir == cfg.data.data_dir
+    assert logged.paths.output_dir == cfg.paths.output_dir
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28)).astype(np.float32)
+    probabilities = np.asarray(served.predict(pixels))
+    assert probabilities.shape == (5, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    with torch.no_grad():  # the logged model is the best checkpoint, with normalisation inside
+        expected = torch.softmax(restored(torch.from_numpy(pixels)), 1).numpy()
+    assert np.allclose(probabilities, expected, atol=1e-5)
+
+
+def test_outputs_stay_in_the_run_folder(trained):
+    cfg, _ = trained
+    from pathlib import Path
+
+    run_dir = Path(cfg.paths.output_dir)
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert not (Path.cwd() / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=mlp", "optimizer=sgd", "scheduler=cosine"],
+        [
+            "model=lenet",
+            "optimizer=adamw",
+            "scheduler=one_cycle",
+            "data.augment.hflip=true",
+            "data.augment.crop_padding=2",
+        ],
+        [
+            "model=lenet_relu",
+            "data=fashion_mnist_80_10_10",
+            "label_smoothing=0.1",
+            "mlflow.log_model=false",
+        ],
+    ],
+    ids=["mlp-sgd-cosine", "lenet-adamw-onecycle-augment", "relu-80_10_10-smoothing"],
+)
+def test_other_options_train_a_few_steps(make_config, overrides):
+    cfg = make_config(
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        *overrides,
+    )
+    results = train(cfg)
+    _, run = the_only_run(cfg)
+    assert run.info.status == "FINISHED" and 0 <= results["test/acc"] <= 1
+
+
+def test_bad_model_fails_before_any_run_is_made(make_config):
+    cfg = make_config("model.kernel_size=[5,20]")
+    with pytest.raises(ConfigError, match=r"model\.kernel_size"):
+        train(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    assert client.search_experiments() == [] or not client.search_runs(
+        [e.experiment_id for e in client.search_experiments()]
+    )
+
+
+def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):
+    cfg = make_config()
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom in the middle of training")
+
+    monkeypatch.setattr(Classifier, "training_step", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    _, run = the_only_run(cfg)
+    assert run.info.status == "FAILED" and "boom" in run.data.tags["error"]
