@@ -1,7 +1,8 @@
 """`python -m fmnist_exp [overrides]`: Hydra composes conf/train.yaml, train() runs it.
 
 User errors (a bad config value, missing or corrupt data, no GPU for accelerator=gpu) end here as
-one paragraph and exit code 2; anything else is a bug and keeps its traceback.
+one paragraph and exit code 2; anything else is a bug and keeps its traceback. In a --multirun
+sweep a failed job is recorded and the sweep goes on; the sweep exits non-zero at the end.
 """
 
 import sys
@@ -18,11 +19,16 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective for Hydra sweepers."""
-    from fmnist_exp.train import train  # heavy imports only once Hydra has parsed the command line
+    from fmnist_exp import sweep  # heavy imports only once Hydra has parsed the command line
+    from fmnist_exp.train import train
 
+    register_resolvers()  # again: joblib and submitit workers unpickle this function without the module
     try:
         return train(cfg)["val/acc_best"]
     except Exception as exc:
+        if sweep.in_sweep():
+            sweep.record_failed_job(cfg, exc)
+            return float("nan")  # a failed trial for sweepers such as Optuna
         if (cause := user_error(exc)) is None:
             raise
         print(f"error: {one_paragraph(cause)}", file=sys.stderr)

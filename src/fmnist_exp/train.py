@@ -17,7 +17,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import plots, tracking
+from fmnist_exp import plots, sweep, tracking
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError, user_error
@@ -104,6 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "overrides": " ".join(overrides),
             "git_commit": tracking.git_commit(Path(cfg.paths.root)),
             "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
+            **sweep.job_tags(),  # nests the run under its sweep's parent run
+            **{k: str(v) for k, v in cfg.get("tags", {}).items()},  # e.g. reference_acc
         },
     )
     trainer = make_trainer(cfg.trainer, callbacks, logger)

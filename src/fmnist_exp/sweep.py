@@ -1,0 +1,119 @@
+"""Sweeps in MLflow: one parent run per `--multirun`, one child run per job.
+
+The Hydra callback creates the tracking store, the experiment and the parent run once, before any
+job starts (on a fresh sqlite file, parallel jobs otherwise race on schema creation), and leaves the
+parent's id in the sweep folder, where every job (local process, joblib worker, SLURM node) finds it.
+At the end it sums the sweep up on the parent run, lists failed jobs, and exits non-zero if any.
+"""
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fmnist_exp import tracking
+
+log = logging.getLogger(__name__)
+PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_tags() -> dict[str, str]:
+    """Tags that nest this job's run under its sweep's parent run (empty outside a sweep)."""
+    if not in_sweep():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    parent_file = Path(hydra_cfg.sweep.dir) / PARENT_FILE
+    tags = {"sweep.job_num": str(hydra_cfg.job.num), "sweep.dir": str(hydra_cfg.sweep.dir)}
+    if parent_file.is_file():  # absent only when the callback was taken out of the config
+        tags["mlflow.parentRunId"] = parent_file.read_text().strip()
+    return tags
+
+
+def record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
+    """A failed job must not sink the sweep: log it, make sure MLflow shows a FAILED run for it."""
+    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    log.error("job failed: %s\n%s", message, "".join(traceback.format_exception(exc)))
+    print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    tags = job_tags()
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None or "mlflow.parentRunId" not in tags:
+        return
+    mine = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{tags['mlflow.parentRunId']}' "
+        f"and tags.`sweep.job_num` = '{tags['sweep.job_num']}'",
+    )
+    if mine:  # train() made the run and already marked it FAILED
+        return
+    overrides = " ".join(HydraConfig.get().overrides.task)  # failed before its run existed
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=overrides or "job",
+        tags={**tags, "overrides": overrides, "error": message[:5000]},
+    )
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+class MLflowSweep(Callback):
+    """Hydra callback (conf/train.yaml: hydra.callbacks.mlflow_sweep)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
+        experiment_id = tracking.ensure_store(uri, config.mlflow.experiment)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = mlflow.MlflowClient(uri).create_run(
+            experiment_id,
+            run_name=f"sweep {overrides}".strip(),
+            tags={"sweep": "parent", "sweep.dir": str(sweep_dir), "overrides": overrides,
+                  "command": " ".join(["python -m fmnist_exp", *sys.argv[1:]])},
+        )  # fmt: skip
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        log.info("sweep parent run %s in %s", run.info.run_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
+        parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
+        client = mlflow.MlflowClient(uri)
+        parent = client.get_run(parent_id)
+        children = client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        )
+        failed = [r for r in children if r.info.status != "FINISHED"]
+        finished = [r for r in children if r.info.status == "FINISHED"]
+        summary = {"sweep/jobs": len(children), "sweep/finished": len(finished), "sweep/failed": len(failed)}
+        if finished:
+            best = max(finished, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
+            summary |= {
+                "best/val_acc": best.data.metrics.get("val/acc_best", float("nan")),
+                "best/test_acc": best.data.metrics.get("test/acc", float("nan")),
+                "best/params": best.data.metrics.get("model/params_total", float("nan")),
+            }
+            client.set_tag(parent_id, "best_run_id", best.info.run_id)
+            client.set_tag(parent_id, "best_overrides", best.data.tags.get("overrides", ""))
+        for key, value in summary.items():
+            client.log_metric(parent_id, key, value)
+        client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        print(
+            f"sweep {parent_id}: {len(finished)} of {len(children)} jobs finished"
+            + (f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})" if finished else "")
+            + f"\nreport: python -m fmnist_exp.report sweep={parent_id}"
+        )
+        if failed:
+            print(f"{len(failed)} job(s) failed:", file=sys.stderr)
+            for run in sorted(failed, key=lambda r: int(r.data.tags.get("sweep.job_num", -1))):
+                tags = run.data.tags
+                print(f"  job {tags.get('sweep.job_num', '?')} [{tags.get('overrides', '')}]: "
+                      f"{tags.get('error', run.info.status)}", file=sys.stderr)  # fmt: skip
+            sys.exit(1)
