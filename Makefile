@@ -10,17 +10,17 @@ STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test lint ui clean distclean
+.PHONY: help setup data train test lint report ui clean distclean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed data  ## .venv + the package (editable, dev extras) + the dataset
+setup: $(VENV)/.installed data  ## .venv + the package (editable, dev + optuna extras) + the dataset
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,optuna]"
 	touch $@
 
 data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
@@ -36,6 +36,9 @@ test: setup  ## ruff, then the test suite on fast configs and the real dataset
 lint: $(VENV)/.installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
+
+report: $(VENV)/.installed  ## table + chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
+	$(PY) -m fmnist_exp.report $(ARGS)
 
 ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
 	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)

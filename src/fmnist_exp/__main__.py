@@ -6,6 +6,7 @@ sweep a failed job is recorded and the sweep goes on; the sweep exits non-zero a
 """
 
 import sys
+import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -14,6 +15,11 @@ from fmnist_exp.errors import one_paragraph, user_error
 from fmnist_exp.paths import config_dir, register_resolvers
 
 register_resolvers()
+for noise in (
+    r".*LeafSpec.*",
+    r".*smaller than the logging interval.*",
+):  # Lightning's, not actionable
+    warnings.filterwarnings("ignore", message=noise)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -52,28 +52,33 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing), logits
 
     # Metrics accumulate on the device and are reduced once per epoch: no per-step host sync.
+    # sync_dist averages the epoch losses over DDP processes (a no-op in one process).
     def training_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
         self.train_acc(logits, batch[1])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
         self.val_acc(logits, batch[1])
-        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
         self.test_acc(logits, batch[1])
         self.test_confusion.update(logits, batch[1])
-        self.log("test/loss", loss)
+        self.log("test/loss", loss, sync_dist=True)
         self.log("test/acc", self.test_acc)
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        # computed here, where every DDP process takes part in the sync; read by rank 0 afterwards
+        self.test_confusion_counts = self.test_confusion.compute().cpu()
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

@@ -22,7 +22,11 @@ SPLITS = ("official", "random_80_10_10")
 
 
 class TensorBatches:
-    """Batches sliced from in-memory tensors; a fresh seeded permutation every epoch when shuffling."""
+    """Batches sliced from in-memory tensors; a fresh seeded permutation every epoch when shuffling.
+
+    Under DDP each of `world_size` processes takes every world_size-th image of the same
+    permutation, and the training set is trimmed so every process runs the same number of steps.
+    """
 
     def __init__(
         self,
@@ -32,31 +36,38 @@ class TensorBatches:
         shuffle: bool = False,
         seed: int = 0,
         augment: dict | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
+    def _count(self) -> int:
+        n = len(self.labels)
+        if self.world_size == 1:
+            return n
+        if self.shuffle:  # equal shards: DDP processes step in lockstep
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(self._count() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator(device=self.images.device).manual_seed(self.seed + self.epoch)
+        device, n, size = self.images.device, len(self.labels), self.batch_size
+        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        n = len(self.labels)
-        order = (
-            torch.randperm(n, generator=generator, device=self.images.device)
-            if self.shuffle
-            else None
-        )
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                x, y = (
-                    self.images[start : start + self.batch_size],
-                    self.labels[start : start + self.batch_size],
-                )
+        order = torch.randperm(n, generator=generator, device=device) if self.shuffle else None
+        if self.world_size > 1:
+            order = torch.arange(n, device=device) if order is None else order
+            order = order[self.rank :: self.world_size][: self._count()]
+        for start in range(0, self._count(), size):
+            if order is None:  # in order, one process: plain slices, no copy
+                x, y = self.images[start : start + size], self.labels[start : start + size]
             else:
-                idx = order[start : start + self.batch_size]
+                idx = order[start : start + size]
                 x, y = self.images[idx], self.labels[idx]
             if self.augment:
                 x = augment_batch(x, generator, **self.augment)
@@ -148,13 +159,18 @@ class FashionMNISTDataModule(L.LightningDataModule):
             "data/n_test": len(self.test[1]),
         }
 
+    def _shard(self) -> dict[str, int]:
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
+
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(
-            *self.train, self.batch_size, shuffle=True, seed=self.shuffle_seed, augment=self.augment
-        )
+            *self.train, self.batch_size, shuffle=True, seed=self.shuffle_seed,
+            augment=self.augment, **self._shard(),
+        )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.val, self.eval_batch_size)
+        return TensorBatches(*self.val, self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.test, self.eval_batch_size)
+        return TensorBatches(*self.test, self.eval_batch_size, **self._shard())

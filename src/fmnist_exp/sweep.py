@@ -92,7 +92,11 @@ class MLflowSweep(Callback):
         )
         failed = [r for r in children if r.info.status != "FINISHED"]
         finished = [r for r in children if r.info.status == "FINISHED"]
-        summary = {"sweep/jobs": len(children), "sweep/finished": len(finished), "sweep/failed": len(failed)}
+        summary = {
+            "sweep/jobs": len(children),
+            "sweep/finished": len(finished),
+            "sweep/failed": len(failed),
+        }
         if finished:
             best = max(finished, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
             summary |= {
@@ -107,7 +111,11 @@ class MLflowSweep(Callback):
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         print(
             f"sweep {parent_id}: {len(finished)} of {len(children)} jobs finished"
-            + (f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})" if finished else "")
+            + (
+                f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
+                if finished
+                else ""
+            )
             + f"\nreport: python -m fmnist_exp.report sweep={parent_id}"
         )
         if failed:

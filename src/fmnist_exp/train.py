@@ -141,8 +141,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
 
         curves = plots.training_curves(history.epochs, output_dir / "training_curves.png")
+        if trainer.global_rank != 0:  # other DDP processes: rank 0 records the run
+            return results
         confusion = plots.confusion_matrix(
-            model.test_confusion.compute(), CLASS_NAMES, output_dir / "confusion_matrix.png"
+            model.test_confusion_counts, CLASS_NAMES, output_dir / "confusion_matrix.png"
         )
         for artifact in (config_file, curves, confusion):
             client.log_artifact(run_id, str(artifact))

@@ -1,0 +1,195 @@
+"""`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR]`
+
+Reads runs from MLflow into pandas and writes table.csv, table.md and params_vs_accuracy.png:
+ours beside the published numbers (the `reference_acc` tag). With a sweep (the default: the latest)
+the files are also logged as artifacts of the sweep's parent run under report/.
+"""
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fmnist_exp.errors import UserError, one_paragraph  # noqa: E402
+from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
+
+OPTIONS = {
+    "sweep": "latest",
+    "experiment": "fashion-mnist",
+    "filter": "",
+    "out": "",
+    "tracking_uri": "",
+}
+COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
+           "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    options = dict(OPTIONS)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in options:
+            raise UserError(
+                f"report: unknown argument {arg!r}; use key=value with key one of {', '.join(OPTIONS)} "
+                f"(e.g. sweep=latest, filter=\"tags.model = 'lenet_bn'\", out=reports/)."
+            )
+        options[key] = value
+    return options
+
+
+def select_runs(
+    uri: str, experiment: str, sweep: str, filter_string: str
+) -> tuple[pd.DataFrame, str | None]:
+    """(runs, parent run id): a sweep's children, or with filter= and no sweep=, any runs."""
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise UserError(f"report: no experiment {experiment!r} in {uri} (experiments: {names}).")
+    ids = [found.experiment_id]
+    parent_id = None
+    if sweep:
+        if sweep == "latest":
+            parents = client.search_runs(
+                ids, "tags.sweep = 'parent'", order_by=["attributes.start_time DESC"], max_results=1
+            )
+            if not parents:
+                raise UserError(
+                    f"report: no sweep in experiment {experiment!r}; run one with --multirun, or pass filter=... to report on single runs."
+                )
+            parent_id = parents[0].info.run_id
+        else:
+            parent_id = sweep
+        clause = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        filter_string = f"{clause} and {filter_string}" if filter_string else clause
+    mlflow.set_tracking_uri(uri)  # mlflow.search_runs (the pandas one) reads the global store
+    runs = mlflow.search_runs(ids, filter_string=filter_string, output_format="pandas")
+    if "tags.sweep" in runs:
+        runs = runs[runs["tags.sweep"] != "parent"]
+    if runs.empty:
+        raise UserError(
+            f"report: no runs match (sweep={sweep or '-'}, filter={filter_string!r}) in experiment {experiment!r}."
+        )
+    return runs, parent_id
+
+
+def build_table(runs: pd.DataFrame) -> pd.DataFrame:
+    def col(name: str) -> pd.Series:
+        return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
+
+    overrides = col("tags.overrides").fillna("")
+    shared = set.intersection(*(set(o.split()) for o in overrides)) if len(overrides) > 1 else set()
+    table = pd.DataFrame({
+        "run": col("run_id").str[:8],
+        "model": col("tags.model"),
+        "overrides": [" ".join(t for t in o.split() if t not in shared) for o in overrides],  # what varies
+        "params": pd.to_numeric(col("metrics.model/params_total")).astype("Int64"),
+        "best_val_acc": pd.to_numeric(col("metrics.val/acc_best")),
+        "test_acc": pd.to_numeric(col("metrics.test/acc")),
+        "reference_acc": pd.to_numeric(col("tags.reference_acc")),
+        "epochs": pd.to_numeric(col("metrics.epochs")).astype("Int64"),
+        "wall_s": pd.to_numeric(col("metrics.time/total_s")).round(1),
+        "status": col("status"),
+        "run_id": col("run_id"),
+    })  # fmt: skip
+    table["delta_pp"] = ((table.test_acc - table.reference_acc) * 100).round(2)
+    return (
+        table[COLUMNS]
+        .sort_values(["params", "test_acc"], na_position="last")
+        .reset_index(drop=True)
+    )
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    def cell(name: str, value) -> str:
+        if pd.isna(value):
+            return ""
+        if name in ("best_val_acc", "test_acc", "reference_acc"):
+            return f"{value * 100:.2f}%"
+        if name == "params":
+            return f"{value:,}"
+        if name == "delta_pp":
+            return f"{value:+.2f}"
+        return str(value).replace("|", "\\|")
+
+    columns = [c for c in COLUMNS if c != "run_id"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for _, row in table.iterrows()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
+    done = table.dropna(subset=["params", "test_acc"])
+    ax.scatter(
+        done.params, done.test_acc * 100, color="tab:blue", zorder=3, label="ours (test acc)"
+    )
+    for _, row in done.iterrows():
+        ax.annotate((row.overrides or row.model).replace("experiment=", ""), (row.params, row.test_acc * 100), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    published = done.dropna(subset=["reference_acc"])
+    if not published.empty:
+        ax.scatter(published.params, published.reference_acc * 100, facecolors="none", edgecolors="tab:red",
+                   zorder=3, label="published")  # fmt: skip
+        for _, row in published.iterrows():
+            ax.plot(
+                [row.params] * 2,
+                [row.reference_acc * 100, row.test_acc * 100],
+                color="grey",
+                lw=0.8,
+            )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="parameters (log scale)",
+        ylabel="test accuracy (%)",
+        title="Fashion-MNIST: parameters vs accuracy",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(options: dict[str, str]) -> Path:
+    uri = options["tracking_uri"] or default_tracking_uri()
+    sweep = options["sweep"] if not (options["filter"] and options["sweep"] == "latest") else ""
+    runs, parent_id = select_runs(uri, options["experiment"], sweep, options["filter"])
+    table = build_table(runs)
+    stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(options["out"] or project_root() / "outputs" / "reports" / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(to_markdown(table))
+    plot(table, out / "params_vs_accuracy.png")
+    if parent_id:
+        client = mlflow.MlflowClient(uri)
+        for name in ("table.csv", "table.md", "params_vs_accuracy.png"):
+            client.log_artifact(parent_id, str(out / name), artifact_path="report")
+    print(to_markdown(table), end="")
+    print(
+        f"{len(table)} runs -> {out}"
+        + (f" (also on parent run {parent_id}, report/)" if parent_id else "")
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        report(parse(sys.argv[1:] if argv is None else argv))
+    except UserError as exc:
+        print(f"error: {one_paragraph(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

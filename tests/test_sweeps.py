@@ -1,0 +1,161 @@
+"""--multirun sweeps in subprocesses: nesting in MLflow, launchers, DDP, the seed table, reports."""
+
+import importlib.util
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import run_cli
+from test_models import PARAMETER_COUNTS
+
+from fmnist_exp.models import LeNet, count_parameters
+
+pytestmark = pytest.mark.slow
+TINY = ["trainer=fast", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
+        "++trainer.limit_test_batches=1", "mlflow.log_model=false"]  # fmt: skip
+
+
+def store_args(tmp: Path, data_dir: Path) -> list[str]:
+    return [f"data.data_dir={data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+            f"hydra.sweep.dir={tmp}/sweep"]  # fmt: skip
+
+
+def runs_by_experiment(tmp: Path) -> dict[str, list]:
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    return {e.name: client.search_runs([e.experiment_id]) for e in client.search_experiments()}
+
+
+def parent_and_children(tmp: Path):
+    runs = runs_by_experiment(tmp)
+    assert runs.get("Default", []) == []  # nothing lands outside the experiment
+    (parent,) = [r for r in runs["fashion-mnist"] if r.data.tags.get("sweep") == "parent"]
+    children = [
+        r
+        for r in runs["fashion-mnist"]
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert len(children) == len(runs["fashion-mnist"]) - 1  # every other run is nested
+    return parent, sorted(children, key=lambda r: int(r.data.tags["sweep.job_num"]))
+
+
+@pytest.fixture(scope="module")
+def channel_sweep(tmp_path_factory, real_data_dir):
+    tmp = tmp_path_factory.mktemp("channels")
+    done = run_cli(
+        "--multirun", "model=lenet_bn", "model.channels=4,8", *TINY, *store_args(tmp, real_data_dir)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, done
+
+
+def test_channel_sweep_nests_one_child_per_job(channel_sweep):
+    tmp, done = channel_sweep
+    parent, children = parent_and_children(tmp)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 2
+    assert parent.data.metrics["sweep/finished"] == 2 and "best_run_id" in parent.data.tags
+    for child, channels in zip(children, (4, 8), strict=True):
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["overrides"].startswith(f"model=lenet_bn model.channels={channels}")
+        expected = count_parameters(LeNet(channels=channels, activation="relu", batch_norm=True))[0]
+        assert child.data.metrics["model/params_total"] == expected
+    assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # own dirs
+    assert f"sweep {parent.info.run_id}: 2 of 2 jobs finished" in done.stdout
+
+
+def test_report_on_a_sweep(channel_sweep, tmp_path):
+    tmp, _ = channel_sweep
+    from fmnist_exp.report import main
+
+    assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"out={tmp_path}"]) == 0  # latest sweep
+    table = pd.read_csv(tmp_path / "table.csv")
+    parent, children = parent_and_children(tmp)
+    assert sorted(table.run_id) == sorted(c.info.run_id for c in children)
+    assert sorted(table.params) == sorted(
+        int(c.data.metrics["model/params_total"]) for c in children
+    )
+    assert list(table.overrides) == ["model.channels=4", "model.channels=8"]  # only what varies
+    assert (tmp_path / "params_vs_accuracy.png").stat().st_size > 10_000
+    assert "| model.channels=4 |" in (tmp_path / "table.md").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {"report/table.csv", "report/table.md", "report/params_vs_accuracy.png"}
+    assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "bogus=1"]) == 2
+
+
+def test_kernel_sweep_with_joblib_on_a_fresh_store(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.kernel_size=3,5,7",
+                   *TINY, *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = parent_and_children(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    counts = [c.data.metrics["model/params_total"] for c in children]
+    assert counts == [count_parameters(LeNet(kernel_size=k, batch_norm=True))[0] for k in (3, 5, 7)]
+    assert all("val/acc" in c.data.metrics and "test/acc" in c.data.metrics for c in children)
+
+
+def test_submitit_local_launcher(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "hydra/launcher=submitit_local", "model.channels=4,6", *TINY,
+                   *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = parent_and_children(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED"] * 2
+
+
+def test_seed_table_composes_eight_jobs_with_the_exact_counts(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "experiment=glob(seed_*)", "trainer.max_epochs=1", *TINY,
+                   *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = parent_and_children(tmp_path)
+    assert len(children) == 8
+    counts = sorted(int(c.data.metrics["model/params_total"]) for c in children)
+    assert counts == sorted(expected for overrides, expected in PARAMETER_COUNTS)
+    references = sorted(float(c.data.tags["reference_acc"]) for c in children)
+    assert references == [0.745, 0.872, 0.8824, 0.896, 0.913, 0.914, 0.925, 0.94]
+
+
+def test_a_failed_job_does_not_sink_the_sweep(tmp_path, real_data_dir):
+    done = run_cli(
+        "--multirun", "model.kernel_size=3,29,5", *TINY, *store_args(tmp_path, real_data_dir)
+    )
+    assert done.returncode == 1
+    assert "1 job(s) failed:" in done.stderr and "job 1 [model.kernel_size=29" in done.stderr
+    parent, children = parent_and_children(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert "conv 2 has kernel 29" in children[1].data.tags["error"]
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed"] == 1
+
+
+def test_ddp_on_cpu_writes_one_run_once(tmp_path, real_data_dir):
+    done = run_cli("trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=2", *TINY[1:],
+                   f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                   f"hydra.run.dir={tmp_path}/run", "trainer.enable_progress_bar=false")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_by_experiment(tmp_path)["fashion-mnist"]
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert (
+        len(history) == 2 and len({h.step for h in history}) == 2
+    )  # once per epoch, not per process
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "artifacts",
+        "run",
+    ]  # one run dir
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == [
+        ".hydra",
+        "checkpoints",
+    ]
+    assert sum(1 for line in done.stdout.splitlines() if line.startswith("run ")) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="optional extra: pip install -e '.[optuna]'")  # fmt: skip
+def test_optuna_search_maximises_val_acc(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY,
+                   *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Best value:" in done.stdout + done.stderr
+    _, children = parent_and_children(tmp_path)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
