@@ -42,9 +42,8 @@ def parent_and_children(tmp: Path):
 @pytest.fixture(scope="module")
 def channel_sweep(tmp_path_factory, real_data_dir):
     tmp = tmp_path_factory.mktemp("channels")
-    done = run_cli(
-        "--multirun", "model=lenet_bn", "model.channels=4,8", *TINY, *store_args(tmp, real_data_dir)
-    )
+    done = run_cli("--multirun", "model=lenet_bn", "model.channels=4,8", "+tags.gpu=${fmnist.job_gpu:2}",
+                   *TINY, *store_args(tmp, real_data_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp, done
 
@@ -56,7 +55,8 @@ def test_channel_sweep_nests_one_child_per_job(channel_sweep):
     assert parent.data.metrics["sweep/finished"] == 2 and "best_run_id" in parent.data.tags
     for child, channels in zip(children, (4, 8), strict=True):
         assert child.info.status == "FINISHED"
-        assert child.data.tags["overrides"].startswith(f"model=lenet_bn model.channels={channels}")
+        assert child.data.tags["gpu"] == child.data.tags["sweep.job_num"]  # job k -> device k mod 2
+        assert child.data.tags["overrides"].startswith(f"model=lenet_bn model.channels={channels} ")
         expected = count_parameters(LeNet(channels=channels, activation="relu", batch_norm=True))[0]
         assert child.data.metrics["model/params_total"] == expected
     assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # own dirs

@@ -34,11 +34,23 @@ def default_tracking_uri() -> str:
     )
 
 
+def job_gpu(n_gpus: int) -> int:
+    """GPU index for this sweep job: job number modulo the GPUs on the machine (0 outside sweeps).
+
+    With `hydra.launcher.n_jobs=N` on an N-GPU machine, consecutive jobs land on distinct GPUs.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.num % int(n_gpus) if HydraConfig.initialized() else 0
+
+
 def register_resolvers() -> None:
-    """`${fmnist.root:}` and `${fmnist.tracking_uri:}` for the YAML files; safe to call twice."""
+    """`${fmnist.root:}`, `${fmnist.tracking_uri:}`, `${fmnist.job_gpu:N}` for the YAML files and
+    the command line; safe to call twice."""
     for name, fn in {
         "fmnist.root": lambda: str(project_root()),
         "fmnist.tracking_uri": default_tracking_uri,
+        "fmnist.job_gpu": job_gpu,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
