@@ -128,3 +128,35 @@ def test_load_from_checkpoint_rebuilds_the_network(make_config, tmp_path: Path):
     model.eval(), restored.eval()
     assert count_parameters(restored.net)[0] == 154_270
     assert torch.equal(model(x), restored(x))
+
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+SEED_ROWS = {  # experiment -> (parameters, the blog's test accuracy)
+    "seed_mlp": (235_146, 0.745),
+    "seed_lenet": (44_426, 0.872),
+    "seed_lenet_relu": (44_426, 0.8824),
+    "seed_lenet_bn": (44_470, 0.896),
+    "seed_lenet_bn_c16": (85_918, 0.913),
+    "seed_lenet_bn_c16_k53": (112_286, 0.914),
+    "seed_lenet_bn_c16_k33": (154_270, 0.925),
+    "seed_lenet_bn_c32_k33": (306_622, 0.940),
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(make_config, experiment):
+    cfg = make_config(f"experiment={experiment}")
+    total, _ = count_parameters(build(cfg).net)
+    if experiment.startswith("seed_"):
+        assert (total, cfg.tags.reference_acc) == SEED_ROWS[experiment]
+    else:  # Deep Learning Studio: 80/10/10 of 70k, batch 512, 100 epochs, plain cross-entropy
+        assert (cfg.data.split, cfg.data.batch_size, cfg.trainer.max_epochs) == (
+            "random_80_10_10",
+            512,
+            100,
+        )
+        assert cfg.label_smoothing == 0.0
+
+
+def test_experiment_list():
+    assert EXPERIMENTS == sorted(["dls", *SEED_ROWS])
