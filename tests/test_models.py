@@ -159,4 +159,4 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
 
 
 def test_experiment_list():
-    assert EXPERIMENTS == sorted(["dls", *SEED_ROWS])
+    assert sorted(["dls", *SEED_ROWS]) == EXPERIMENTS
