@@ -140,9 +140,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "epochs": trainer.current_epoch,
         }
 
-        curves = plots.training_curves(history.epochs, output_dir / "training_curves.png")
         if trainer.global_rank != 0:  # other DDP processes: rank 0 records the run
             return results
+        curves = plots.training_curves(history.epochs, output_dir / "training_curves.png")
         confusion = plots.confusion_matrix(
             model.test_confusion_counts, CLASS_NAMES, output_dir / "confusion_matrix.png"
         )
