@@ -38,7 +38,7 @@ def test_every_group_has_the_promised_options():
     assert GROUPS["model"] == ["lenet", "lenet_bn", "lenet_relu", "mlp"]
     assert GROUPS["optimizer"] == ["adam", "adamw", "sgd"]
     assert GROUPS["scheduler"] == ["cosine", "none", "one_cycle"]
-    assert GROUPS["trainer"] == ["cpu", "default", "fast", "gpu"]
+    assert GROUPS["trainer"] == ["cpu", "ddp", "default", "fast", "gpu"]
     assert GROUPS["data"] == ["fashion_mnist", "fashion_mnist_80_10_10"]
 
 
