@@ -132,9 +132,13 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     ax.scatter(
         done.params, done.test_acc * 100, color="tab:blue", zorder=3, label="ours (test acc)"
     )
-    for _, row in done.iterrows():
-        ax.annotate((row.overrides or row.model).replace("experiment=", ""), (row.params, row.test_acc * 100), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    for stacked, (_, row) in enumerate(done.iterrows()):
+        same = int(
+            (done.params.iloc[:stacked] == row.params).sum()
+        )  # labels at one x: stagger them
+        label = (row.overrides or row.model).replace("experiment=", "")
+        ax.annotate(label, (row.params, row.test_acc * 100), fontsize=7, xytext=(5, 4 - 10 * same),
+                    textcoords="offset points")  # fmt: skip
     published = done.dropna(subset=["reference_acc"])
     if not published.empty:
         ax.scatter(published.params, published.reference_acc * 100, facecolors="none", edgecolors="tab:red",
