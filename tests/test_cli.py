@@ -51,6 +51,11 @@ def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
         ("model.channels=0", "model.channels=0 must be a positive int"),
         ("data.split=by_class", "data.split='by_class' is not one of"),
         ("++trainer.no_such_arg=1", "unexpected keyword argument 'no_such_arg'"),
+        ("data.batch_size=abc", "data.batch_size='abc' must be a positive number"),
+        (
+            "trainer.max_epochs=-5",
+            "`max_epochs` must be a non-negative integer or -1. You passed in -5",
+        ),
     ],
 )
 def test_bad_input_is_one_paragraph_and_leaves_no_run(tmp_path, real_data_dir, override, expected):

@@ -96,9 +96,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ("data.batch_size", batch_size),
             ("data.eval_batch_size", eval_batch_size),
         ):
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be a positive number of images per batch.")
-        if not 0 < val_size < 60000:
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}={value!r} must be a positive number of images per batch.")
+        if not isinstance(val_size, int) or not 0 < val_size < 60000:
             raise ConfigError(
                 f"data.val_size={val_size} must be in 1..59999 (training images held out for validation)."
             )

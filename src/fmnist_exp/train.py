@@ -46,16 +46,22 @@ def describe_run(cfg: DictConfig) -> tuple[str, list[str]]:
 
 
 def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> L.Trainer:
-    """lightning.Trainer from the `trainer` group; an accelerator that isn't there fails here."""
+    """lightning.Trainer from the `trainer` group; an accelerator that isn't there (or any other
+    setting Lightning rejects) fails here, before the MLflow run exists."""
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=logger)
     except Exception as exc:
         if not isinstance(cause := user_error(exc), MisconfigurationException):
             raise
+        gpu_hint = (
+            " Is a GPU visible (nvidia-smi, torch.cuda.is_available())? Without one use trainer=cpu "
+            "or trainer.accelerator=auto."
+            if str(trainer_cfg.accelerator) in ("gpu", "cuda")
+            else ""
+        )
         raise ConfigError(
-            f"Lightning cannot set up trainer.accelerator={trainer_cfg.accelerator} "
-            f"(devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}. Is a GPU visible (nvidia-smi, "
-            f"torch.cuda.is_available())? Without one use trainer=cpu or trainer.accelerator=auto."
+            f"Lightning rejected the trainer settings (trainer.accelerator={trainer_cfg.accelerator}, "
+            f"devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}.{gpu_hint}"
         ) from exc
 
 
