@@ -122,7 +122,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             try:
                 dataset.download(dirs[0], self.url, self.md5)
             except DataError as e:
-                searched = "; ".join(dataset._describe(d) for d in dirs)
+                searched = "; ".join(dataset.describe_dir(d) for d in dirs)
                 raise DataError(f"{e} Also searched: {searched}.") from e
 
     def setup(self, stage: str | None = None) -> None:

@@ -78,13 +78,14 @@ def load(directories: list[Path], download_note: str = "") -> FashionMNIST:
             return _load_idx(directory)
         if fmt == "csv":
             return _load_csv(directory)
-    searched = "; ".join(_describe(d) for d in directories)
+    searched = "; ".join(describe_dir(d) for d in directories)
     raise DataError(
         f"Fashion-MNIST not found. Searched: {searched}. {download_note}{GET_DATA_HINT}"
     )
 
 
-def _describe(directory: Path) -> str:
+def describe_dir(directory: Path) -> str:
+    """Why a folder holds no dataset, for error messages."""
     if not directory.is_dir():
         return f"{directory} (no such directory)"
     return f"{directory} (no complete set of IDX files nor the CSV pair)"
