@@ -42,6 +42,17 @@ class Normalize(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
+class Dense(nn.Sequential):
+    """flatten -> (linear -> activation) per hidden width -> linear to the classes."""
+
+    def __init__(self, n_in: int, hidden: Sequence[int], act: type[nn.Module], num_classes: int):
+        widths = [n_in, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip(widths, widths[1:], strict=False):
+            layers += [nn.Linear(w_in, w_out), act()]
+        super().__init__(*layers, nn.Linear(widths[-1], num_classes))
+
+
 class MLP(nn.Module):
     """784 -> hidden... -> 10, fully connected (the blog's first row: 784-256-128-10)."""
 
@@ -52,12 +63,7 @@ class MLP(nn.Module):
         act = _activation(activation)
         if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
             raise ConfigError(f"model.hidden={list(hidden)!r} must be a list of positive ints.")
-        widths = [28 * 28, *hidden]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths, widths[1:], strict=False):
-            layers += [nn.Linear(w_in, w_out), act()]
-        layers.append(nn.Linear(widths[-1], num_classes))
-        self.layers = nn.Sequential(*layers)
+        self.layers = Dense(28 * 28, hidden, act, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -106,11 +112,7 @@ class LeNet(nn.Module):
         self.features = nn.Sequential(
             ConvBlock(1, c1, k1, 1, act, batch_norm), ConvBlock(c1, c2, k2, 0, act, batch_norm)
         )
-        widths = [c2 * size * size, *hidden]
-        head: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths, widths[1:], strict=False):
-            head += [nn.Linear(w_in, w_out), act()]
-        self.head = nn.Sequential(*head, nn.Linear(widths[-1], num_classes))
+        self.head = Dense(c2 * size * size, hidden, act, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
