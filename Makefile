@@ -10,12 +10,12 @@ STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test lint report ui clean distclean
+.PHONY: help setup data browser train test lint report ui serve predict screenshot clean distclean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed data  ## .venv + the package (editable, dev + optuna extras) + the dataset
+setup: $(VENV)/.installed data browser  ## .venv + the package (editable, dev + optuna extras) + the dataset + chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 
 data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
 	@PY=$(PY) scripts/get_data.sh
+
+browser:  ## chromium + chromedriver from Debian, for the web app's browser test (skipped without them)
+	@scripts/get_browser.sh
 
 train: setup  ## the main job: LeNet+BN on Fashion-MNIST, tracked in MLflow (ARGS="..." for overrides)
 	$(PY) -m fmnist_exp $(ARGS)
@@ -39,6 +42,15 @@ lint: $(VENV)/.installed  ## ruff check + format check
 
 report: $(VENV)/.installed  ## table + chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
 	$(PY) -m fmnist_exp.report $(ARGS)
+
+serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run (ARGS="model_uri=... port=...")
+	$(PY) -m fmnist_exp.serve $(ARGS)
+
+predict: $(VENV)/.installed  ## classify images: make predict ARGS="inputs=photos/ [model_uri=best] [out=preds.csv]"
+	$(PY) -m fmnist_exp.predict $(ARGS)
+
+screenshot: setup  ## docs/serve_page.png, taken by the browser test
+	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser
 
 ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
 	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)

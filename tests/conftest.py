@@ -66,3 +66,31 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
         [sys.executable, "-m", "fmnist_exp", *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, real_data_dir):
+    """One short LeNet+BN run (150 batches, ~80% test accuracy) with its model logged and registered
+    as models:/fmnist/1, in a private store: what predict and serve load."""
+    from fmnist_exp.train import train
+
+    tmp = tmp_path_factory.mktemp("model")
+    cfg = compose_config(
+        ["trainer.limit_train_batches=150", "mlflow.register_model=fmnist"], tmp, real_data_dir
+    )
+    results = train(cfg)
+    run = mlflow_runs(cfg.mlflow.tracking_uri)[0]
+    checkpoint = next((tmp / "run" / "checkpoints").glob("epoch*.ckpt"))
+    return {
+        "tracking_uri": cfg.mlflow.tracking_uri,
+        "run_id": run.info.run_id,
+        "checkpoint": checkpoint,
+        "test_acc": results["test/acc"],
+    }
+
+
+def mlflow_runs(tracking_uri: str, experiment: str = "fashion-mnist"):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

@@ -105,6 +105,7 @@ def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import fmnist_exp.paths as p; print(p.config_dir(), p.project_root())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     assert where == [str(site / "fmnist_exp" / "conf"), str(elsewhere)]
+    assert (site / "fmnist_exp" / "serve_page.html").is_file()  # the web app's page ships too
     done = subprocess.run([sys.executable, "-m", "fmnist_exp", "--cfg", "job", "model=lenet"],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

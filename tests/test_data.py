@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fmnist_exp import dataset
-from fmnist_exp.augment import augment_batch, random_crop, random_hflip
+from fmnist_exp.augment import augment_batch, random_crop, random_erase, random_hflip
 from fmnist_exp.datamodule import FashionMNISTDataModule, TensorBatches
 from fmnist_exp.errors import ConfigError, DataError
 
@@ -129,6 +129,24 @@ def test_augmentations_keep_shape_dtype_and_labels():
     assert len({tuple(row.tolist()) for row in shifted[:, 0, 5]}) > 1  # offsets differ per image
 
 
+def test_random_erase_zeroes_one_rectangle_per_chosen_image():
+    images = torch.full((400, 1, 28, 28), 200, dtype=torch.uint8)
+    out = random_erase(images, 0.5, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    erased = out[:, 0] == 0
+    touched = erased.flatten(1).any(1)
+    assert 150 < int(touched.sum()) < 250  # about half the images
+    area = erased[touched].flatten(1).float().mean(1)
+    assert area.min() >= 0.01 and area.max() <= 0.40  # 2%..33% of the image, sides rounded to pixels
+    for mask in erased[touched][:50]:  # one axis-aligned rectangle: its rows x its columns
+        rows, cols = mask.any(1), mask.any(0)
+        assert torch.equal(mask, rows[:, None] & cols[None, :])
+    assert torch.equal(out[~touched], images[~touched])  # the others untouched
+    assert torch.equal(random_erase(images, 0.0, torch.Generator()), images)
+    again = random_erase(images, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again, out)  # a seed fixes the batches
+
+
 # --- bad input: each error names the file (and row) --------------------------------------------
 
 
@@ -210,6 +228,8 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
         ({"split": "70_30"}, "data.split"),
         ({"batch_size": 0}, "data.batch_size"),
         ({"val_size": 60000}, "data.val_size"),
+        ({"augment": {"rotate": 10}}, "data.augment.rotate"),
+        ({"augment": {"erase_prob": 1.5}}, "data.augment.erase_prob"),
     ],
 )
 def test_bad_data_config_names_the_key(kwargs, key):

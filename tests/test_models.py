@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.models import LeNet, count_parameters
+from fmnist_exp.models import FlipAveraged, LeNet, count_parameters
 from fmnist_exp.paths import config_dir
 
 GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
@@ -160,3 +160,34 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
 
 def test_experiment_list():
     assert sorted(["dls", *SEED_ROWS]) == EXPERIMENTS
+
+
+def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
+    plain, dropped = (
+        LeNet(channels=32, kernel_size=3, batch_norm=True),
+        LeNet(channels=32, kernel_size=3, batch_norm=True, dropout=0.5),
+    )
+    assert count_parameters(plain) == count_parameters(dropped) == (306_622, 306_622)
+    x = torch.randn(8, 1, 28, 28)
+    dropped.train()
+    assert not torch.equal(dropped(x), dropped(x))  # random masks
+    dropped.eval()
+    assert torch.equal(dropped(x), dropped(x))
+    with pytest.raises(ConfigError, match="model.dropout"):
+        LeNet(dropout=1.0)
+
+
+def test_flip_tta_averages_an_image_and_its_mirror_at_evaluation_only():
+    net = LeNet(batch_norm=True).eval()
+    tta = FlipAveraged(net).eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(tta(x), (net(x) + net(x.flip(3))) / 2)
+    assert torch.allclose(tta(x), tta(x.flip(3)), atol=1e-6)  # mirror-invariant by construction
+    tta.train()
+    torch.manual_seed(0)
+    assert torch.equal(tta(x), net(x))  # training sees single images
+    model = Classifier(
+        net={"_target_": "fmnist_exp.models.LeNet"}, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1},
+        tta_hflip=True,
+    )  # fmt: skip
+    assert isinstance(model.net[1], FlipAveraged) and count_parameters(model.net)[0] == 44_426

@@ -11,7 +11,7 @@ from hydra.utils import get_object, instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from fmnist_exp.models import Normalize
+from fmnist_exp.models import FlipAveraged, Normalize
 
 NUM_CLASSES = 10
 
@@ -32,11 +32,15 @@ class Classifier(L.LightningModule):
         mean: float = 0.0,
         std: float = 255.0,
         label_smoothing: float = 0.0,
+        tta_hflip: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
         # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
-        self.net = nn.Sequential(Normalize(mean, std), build(net))
+        network = build(net)
+        self.net = nn.Sequential(
+            Normalize(mean, std), FlipAveraged(network) if tta_hflip else network
+        )
         self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")

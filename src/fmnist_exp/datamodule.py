@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from fmnist_exp import dataset
-from fmnist_exp.augment import augment_batch
+from fmnist_exp.augment import AUGMENTATIONS, augment_batch
 from fmnist_exp.errors import ConfigError, DataError
 from fmnist_exp.paths import project_root
 
@@ -102,10 +102,19 @@ class FashionMNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.val_size={val_size} must be in 1..59999 (training images held out for validation)."
             )
+        augment = dict(augment or {})
+        if unknown := sorted(set(augment) - set(AUGMENTATIONS)):
+            raise ConfigError(
+                f"data.augment.{unknown[0]} is not an augmentation; the switches are "
+                f"{', '.join(AUGMENTATIONS)} (conf/data/fashion_mnist.yaml)."
+            )
+        prob = augment.get("erase_prob", 0.0)
+        if not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+            raise ConfigError(f"data.augment.erase_prob={prob!r} must be a probability in [0, 1].")
         self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.shuffle_seed, self.augment = shuffle_seed, dict(augment or {})
+        self.shuffle_seed, self.augment = shuffle_seed, augment
         self.source: Path | None = None
         self.format: str | None = None
 

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fmnist_exp.errors import UserError, one_paragraph  # noqa: E402
+from fmnist_exp import cli  # noqa: E402
+from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
 
 OPTIONS = {
@@ -31,16 +32,9 @@ COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "r
 
 
 def parse(argv: list[str]) -> dict[str, str]:
-    options = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise UserError(
-                f"report: unknown argument {arg!r}; use key=value with key one of {', '.join(OPTIONS)} "
-                f"(e.g. sweep=latest, filter=\"tags.model = 'lenet_bn'\", out=reports/)."
-            )
-        options[key] = value
-    return options
+    return cli.parse(
+        "report", argv, OPTIONS, "sweep=latest, filter=\"tags.model = 'lenet_bn'\", out=reports/"
+    )
 
 
 def select_runs(
@@ -187,12 +181,7 @@ def report(options: dict[str, str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        report(parse(sys.argv[1:] if argv is None else argv))
-    except UserError as exc:
-        print(f"error: {one_paragraph(exc)}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda args: report(parse(args)), argv)
 
 
 if __name__ == "__main__":

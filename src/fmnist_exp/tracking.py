@@ -111,3 +111,10 @@ def log_model(
                 f"mlflow=={mlflow.__version__}",
             ],
         )
+
+
+def register_model(tracking_uri: str, model_uri: str, name: str) -> str:
+    """Add model_uri (runs:/<id>/model) to the registry under `name`; returns models:/<name>/<version>."""
+    mlflow.set_tracking_uri(tracking_uri)
+    version = mlflow.register_model(model_uri, name)
+    return f"models:/{name}/{version.version}"

@@ -67,6 +67,11 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
+    if cfg.mlflow.register_model and not cfg.mlflow.log_model:
+        raise ConfigError(
+            f"mlflow.register_model={cfg.mlflow.register_model} needs the logged model: drop "
+            f"mlflow.log_model=false, or register_model."
+        )
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -85,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         mean=datamodule.mean,
         std=datamodule.std,
         label_smoothing=cfg.label_smoothing,
+        tta_hflip=cfg.tta_hflip,
     )
     params_total, params_trainable = count_parameters(model.net)
 
@@ -161,6 +167,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracking.log_model(
                 cfg.mlflow.tracking_uri, run_id, model.probabilities_module(), example
             )
+            if cfg.mlflow.register_model:
+                registered = tracking.register_model(
+                    cfg.mlflow.tracking_uri, f"runs:/{run_id}/model", cfg.mlflow.register_model
+                )
+                client.set_tag(run_id, "registered_model", registered)
         results["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({k: v for k, v in results.items() if not k.startswith("test/")})
     except BaseException as exc:

@@ -1,0 +1,92 @@
+"""`python -m fmnist_exp.predict model_uri=best inputs=photos/ [out=preds.csv]`
+
+Runs a trained model on new images (see inputs.py for the formats and the picture rule, and
+inference.py for model_uri). Prints one line per image (input, class, probability, top 3) and, when
+the inputs carry labels, the accuracy over the labelled ones.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fmnist_exp import cli, inference
+from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.errors import UserError
+from fmnist_exp.inputs import read_inputs
+from fmnist_exp.paths import default_tracking_uri
+
+OPTIONS = {
+    "model_uri": "best",  # best | runs:/<id>/model | models:/<name>/<version> | a .ckpt path
+    "inputs": "",  # files or folders, comma-separated: pictures, CSVs, IDX image files
+    "out": "",  # write the table here as CSV
+    "experiment": "fashion-mnist",  # where model_uri=best looks
+    "tracking_uri": "",  # default: $MLFLOW_TRACKING_URI, else the project's sqlite store
+    "batch_size": "1000",  # images per forward pass
+    "show": "20",  # rows to print (all go to out=)
+}
+EXAMPLE = "model_uri=best inputs=photos/,more.csv out=preds.csv"
+
+
+def predict_table(model: inference.LoadedModel, names, images: np.ndarray, labels, batch_size: int):
+    probs = torch.cat([
+        model.probabilities(torch.from_numpy(images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ])  # fmt: skip
+    top_p, top_k = probs.topk(3, dim=1)
+    table = pd.DataFrame({
+        "input": names,
+        "label": top_k[:, 0].numpy(),
+        "class_name": [CLASS_NAMES[k] for k in top_k[:, 0].tolist()],
+        "probability": top_p[:, 0].numpy().round(4),
+        "top3": [", ".join(f"{CLASS_NAMES[k]} {p:.2f}" for k, p in zip(ks, ps, strict=True))
+                 for ks, ps in zip(top_k.tolist(), top_p.tolist(), strict=True)],
+    })  # fmt: skip
+    if labels is not None:
+        table["true_label"] = labels
+    return table
+
+
+def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
+    if "true_label" not in table:
+        return None
+    known = table[table.true_label >= 0]
+    return float((known.label == known.true_label).mean()), len(known)
+
+
+def run(argv: list[str]) -> pd.DataFrame:
+    options = cli.parse("predict", argv, OPTIONS, EXAMPLE)
+    if not options["inputs"]:
+        raise UserError(
+            f"predict: inputs= is required (files or folders, comma-separated), e.g. {EXAMPLE}."
+        )
+    try:
+        batch_size, show = int(options["batch_size"]), int(options["show"])
+    except ValueError as exc:
+        raise UserError(f"predict: batch_size= and show= take whole numbers ({exc}).") from exc
+    found = read_inputs([Path(p) for p in options["inputs"].split(",") if p])
+    uri = options["tracking_uri"] or default_tracking_uri()
+    model = inference.load(options["model_uri"], uri, options["experiment"])
+    table = predict_table(model, found.names, found.images, found.labels, max(1, batch_size))
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(table.head(show).to_string(index=False))
+    if len(table) > show:
+        print(f"... {len(table) - show} more rows" + (" (all in out=)" if options["out"] else ""))
+    if (acc := accuracy(table)) is not None:
+        print(f"accuracy {acc[0]:.4f} on {acc[1]} labelled inputs")
+    print(f"model {model.uri}")
+    if options["out"]:
+        out = Path(options["out"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        print(f"wrote {out} ({len(table)} rows)")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""From a trained run to predictions: every model_uri kind, every input format, the picture rule."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fmnist_exp import inference, predict, register
+from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.errors import DataError, UserError
+from fmnist_exp.inputs import read_inputs, to_model_input
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_pngs(folder: Path, images, labels) -> Path:
+    """Test images as PNG files in one folder per class (the labelling convention predict reads)."""
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        target = folder / CLASS_NAMES[int(label)].replace("/", "_")
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(target / f"test{i:05d}.png")
+    return folder
+
+
+def run_predict(*args: str, tracking_uri: str):
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.predict", *args],
+        cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_predict_cli_on_png_test_images(tmp_path, trained_model, real_data):
+    images, labels = real_data.test_images[:300], real_data.test_labels[:300]
+    write_pngs(tmp_path / "pngs", images, labels)
+    out = tmp_path / "preds.csv"
+    uri = f"runs:/{trained_model['run_id']}/model"
+    result = run_predict(
+        f"model_uri={uri}", f"inputs={tmp_path / 'pngs'}", f"out={out}",
+        tracking_uri=trained_model["tracking_uri"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    assert len(table) == 300 and set(table.columns) >= {
+        "input",
+        "class_name",
+        "probability",
+        "top3",
+    }
+    index = table.input.str.extract(r"test(\d+)\.png")[0].astype(int)
+    assert (table.true_label == labels.numpy()[index]).all()  # labels from the folder names
+    accuracy = (table.label == table.true_label).mean()
+    assert f"accuracy {accuracy:.4f} on 300 labelled inputs" in result.stdout
+    # the PNG round trip is exact, so the accuracy is the model's on these images: ~0.8 after training
+    model = inference.load(uri, trained_model["tracking_uri"])
+    direct = (model.probabilities(images).argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(direct) and accuracy > 0.7
+
+
+def test_every_model_uri_kind_gives_the_same_probabilities(trained_model, real_data):
+    images = real_data.test_images[:64]
+    tracking_uri = trained_model["tracking_uri"]
+    uris = [
+        "best",
+        f"runs:/{trained_model['run_id']}/model",
+        "models:/fmnist/1",  # registered at training time: mlflow.register_model=fmnist
+        str(trained_model["checkpoint"]),
+    ]
+    probs = [inference.load(u, tracking_uri).probabilities(images) for u in uris]
+    assert probs[0].shape == (64, 10) and torch.allclose(probs[0].sum(1), torch.ones(64), atol=1e-5)
+    for p in probs[1:]:
+        assert torch.allclose(p, probs[0], atol=1e-5)
+
+
+def test_register_command_adds_a_version(trained_model, capsys):
+    registered = register.run(
+        ["model_uri=best", "name=fmnist", f"tracking_uri={trained_model['tracking_uri']}"]
+    )
+    assert registered == "models:/fmnist/2"  # version 1 came from training
+    assert "registered runs:/" in capsys.readouterr().out
+
+
+def test_csv_and_idx_inputs_carry_their_labels(tmp_path, real_data, real_data_dir):
+    images, labels = real_data.test_images[:20], real_data.test_labels[:20]
+    table = pd.DataFrame(
+        images.reshape(20, -1).numpy(), columns=[f"pixel{i}" for i in range(1, 785)]
+    )
+    table.insert(0, "label", labels.numpy())
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    found = read_inputs([tmp_path / "rows.csv"])
+    assert np.array_equal(found.images, images.numpy()) and np.array_equal(found.labels, labels)
+    assert found.names[0] == "rows.csv:2"  # the CSV's line number
+    table.drop(columns="label").to_csv(tmp_path / "unlabelled.csv", index=False)
+    assert read_inputs([tmp_path / "unlabelled.csv"]).labels is None
+    idx = read_inputs([real_data_dir / "t10k-images-idx3-ubyte.gz"])
+    assert len(idx.names) == 10000 and np.array_equal(idx.labels[:20], labels)
+
+
+def test_the_picture_rule_inverts_light_backgrounds_and_fits_28x28(real_data):
+    garment = real_data.test_images[0, 0].numpy()  # light on dark, 28x28
+    assert np.array_equal(to_model_input(Image.fromarray(garment)), garment)  # untouched
+    photo = (
+        Image.fromarray(255 - garment).resize((280, 280), Image.Resampling.NEAREST).convert("RGB")
+    )
+    seen = to_model_input(photo).astype(int)  # dark on light, 10x size, colour
+    assert np.abs(seen - garment).mean() < 8  # inverted and scaled back
+    wide = to_model_input(Image.new("L", (100, 50), 255))  # white 2:1 -> black, aspect kept
+    assert wide.shape == (28, 28) and wide.max() == 0
+    transparent = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparency counts as white
+    assert to_model_input(transparent).max() == 0
+
+
+def test_bad_inputs_and_model_uris_are_clear(tmp_path, trained_model):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="broken.png"):
+        read_inputs([tmp_path / "broken.png"])
+    with pytest.raises(DataError, match="does not exist"):
+        read_inputs([tmp_path / "missing"])
+    (tmp_path / "short.csv").write_text("label,pixel1\n1,2\n")
+    with pytest.raises(DataError, match="1 pixel columns"):
+        read_inputs([tmp_path / "short.csv"])
+    store = trained_model["tracking_uri"]
+    with pytest.raises(UserError, match="runs:/0123/model.*could not load"):
+        inference.load("runs:/0123/model", store)
+    with pytest.raises(UserError, match="not a checkpoint"):
+        inference.load(str(tmp_path / "short.csv"), store)
+    with pytest.raises(UserError, match="no such file"):
+        inference.load("nonsense", store)
+    with pytest.raises(UserError, match="no finished run"):
+        inference.load("best", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert predict.main(["inputs=", f"tracking_uri={store}"]) == 2
+    assert predict.main(["colour=blue"]) == 2

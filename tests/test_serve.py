@@ -1,0 +1,243 @@
+"""The web app (FastAPI's test client, a real uvicorn, a real browser) and `mlflow models serve`."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fmnist_exp import inference
+from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.serve import create_app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model(trained_model):
+    return inference.load(f"runs:/{trained_model['run_id']}/model", trained_model["tracking_uri"])
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    return TestClient(create_app(model, max_upload_bytes=50_000, max_batch=8))
+
+
+@pytest.fixture(scope="module")
+def expected(model, real_data):
+    """What the model says about the first 8 test images, computed without the server."""
+    images = real_data.test_images[:8]
+    return images[:, 0].numpy(), model.probabilities(images)
+
+
+def test_page_health_and_one_upload(client, expected, model):
+    images, probs = expected
+    page = client.get("/")
+    assert page.status_code == 200 and 'type="file"' in page.text and "/predict" in page.text
+    assert client.get("/health").json() == {"status": "ok", "model_uri": model.uri}
+    answer = client.post("/predict", files={"file": ("shoe.png", png_bytes(images[0]))}).json()
+    assert (
+        answer["label"] == int(probs[0].argmax())
+        and answer["class_name"] == CLASS_NAMES[answer["label"]]
+    )
+    assert list(answer["probabilities"]) == list(CLASS_NAMES)
+    assert np.allclose(list(answer["probabilities"].values()), probs[0], atol=1e-5)
+    assert answer["image"].startswith("data:image/png;base64,")  # the 28x28 the model saw
+
+
+def test_batch_upload_and_raw_pixels(client, expected):
+    images, probs = expected
+    files = [("files", (f"{i}.png", png_bytes(image))) for i, image in enumerate(images)]
+    batch = client.post("/predict/batch", files=files).json()["predictions"]
+    assert [p["filename"] for p in batch] == [f"{i}.png" for i in range(8)]
+    assert [p["label"] for p in batch] == probs.argmax(1).tolist()
+    for body in (
+        {"inputs": images[:, None].tolist()},
+        {"inputs": images.tolist()},
+    ):  # [N,1,28,28] | [N,28,28]
+        answer = client.post("/predict/pixels", json=body).json()["predictions"]
+        assert [p["label"] for p in answer] == probs.argmax(1).tolist()
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, path, status, message",
+    [
+        ({"files": {"file": ("notes.txt", b"hello")}}, "/predict", 400, "not an image format"),
+        ({"files": {"file": ("cut.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40)}}, "/predict", 400, "cut.png"),
+        ({"files": {"file": ("big.png", b"\0" * 60_000)}}, "/predict", 413, "limit"),
+        ({"files": {"other": ("x.png", b"")}}, "/predict", 422, "file"),
+        ({"json": {"inputs": [[1, 2, 3]]}}, "/predict/pixels", 422, "expected [N, 1, 28, 28]"),
+        ({"json": {"inputs": [[[0] * 28] * 27]}}, "/predict/pixels", 422, "[1, 27, 28]"),
+        ({"json": {"inputs": [[[300] * 28] * 28]}}, "/predict/pixels", 422, "0..255"),
+        ({"json": {"inputs": [[1, 2], [3]]}}, "/predict/pixels", 422, "rectangular"),
+        ({"json": {"inputs": [[[[0] * 28] * 28]] * 9}}, "/predict/pixels", 422, "N <= 8"),
+        ({"json": {"pixels": []}}, "/predict/pixels", 422, "inputs"),
+    ],
+    ids=["not-an-image", "corrupt-png", "too-large", "no-file-field", "flat-shape", "27-rows",
+         "out-of-range", "ragged", "too-many", "wrong-key"],
+)  # fmt: skip
+def test_bad_requests_get_a_status_and_a_message(client, request_kwargs, path, status, message):
+    response = client.post(path, **request_kwargs)
+    assert response.status_code == status
+    assert message in str(response.json()["detail"])
+    assert client.get("/health").status_code == 200  # and the server goes on
+
+
+def test_an_unexpected_error_is_a_500_not_a_dead_server(model, expected):
+    class Broken:
+        uri = "broken"
+
+        def probabilities(self, images):
+            raise RuntimeError("boom")
+
+    client = TestClient(create_app(Broken()), raise_server_exceptions=False)
+    response = client.post("/predict", files={"file": ("x.png", png_bytes(expected[0][0]))})
+    assert response.status_code == 500 and "boom" in response.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+# --- real servers on 127.0.0.1 ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(command: list[str], url: str, tracking_uri: str, timeout_s: float = 120):
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if requests.get(url, timeout=1).ok:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    process.kill()
+    pytest.fail(f"{command} did not answer {url} in {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def live_server(trained_model):
+    """`python -m fmnist_exp.serve` in a subprocess, as a user starts it (default host)."""
+    port = free_port()
+    command = [sys.executable, "-m", "fmnist_exp.serve", "model_uri=best", f"port={port}"]
+    process = start_server(
+        command, f"http://127.0.0.1:{port}/health", trained_model["tracking_uri"]
+    )
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_real_uvicorn_serves_best_on_localhost_only(live_server, trained_model, expected):
+    images, probs = expected
+    assert requests.get(f"{live_server}/health").json()["model_uri"] == (
+        f"runs:/{trained_model['run_id']}/model"
+    )
+    answer = requests.post(
+        f"{live_server}/predict", files={"file": ("a.png", png_bytes(images[1]))}
+    )
+    assert answer.json()["label"] == int(probs[1].argmax())
+    port = int(live_server.rsplit(":", 1)[1])
+    addresses = [a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    for address in {a for a in addresses if not a.startswith("127.")}:  # not bound beyond loopback
+        with socket.socket() as s:
+            assert s.connect_ex((address, port)) != 0
+
+
+@pytest.mark.slow
+def test_unknown_model_uri_fails_at_start_up(trained_model):
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.serve", "model_uri=models:/nope/3", f"port={free_port()}"],
+        cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": trained_model["tracking_uri"]},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "error: model_uri=models:/nope/3" in result.stderr
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_like_our_model(trained_model, expected):
+    images, probs = expected
+    port = free_port()
+    uri = f"runs:/{trained_model['run_id']}/model"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    process = start_server(command, f"http://127.0.0.1:{port}/ping", trained_model["tracking_uri"])
+    try:
+        body = {"inputs": images[:, None].astype(np.float32).tolist()}  # [N, 1, 28, 28], 0..255
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert torch.allclose(torch.tensor(answer.json()["predictions"]), probs, atol=1e-5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# --- a real browser -----------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (`make setup` installs them where apt-get can run as root)",
+)
+def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images, probs = expected
+    picture = tmp_path / "ankle_boot.png"
+    Image.fromarray(images[0]).resize((280, 280)).save(picture)  # a bigger picture, as users have
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=900,760",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    try:
+        driver.get(live_server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(picture))
+        label = WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.ID, "label").text or None
+        )
+        assert label == CLASS_NAMES[int(probs[0].argmax())]
+        bars = driver.find_elements(By.CSS_SELECTOR, "#bars .bar")
+        assert len(bars) == 10
+        shot = Path(os.environ.get("FMNIST_SCREENSHOT", tmp_path / "serve_page.png"))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
