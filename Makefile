@@ -10,7 +10,7 @@ STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data browser train test lint report ui serve predict screenshot clean distclean
+.PHONY: help setup data browser train test lint report ui serve predict bench screenshot clean distclean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run 
 
 predict: $(VENV)/.installed  ## classify images: make predict ARGS="inputs=photos/ [model_uri=best] [out=preds.csv]"
 	$(PY) -m fmnist_exp.predict $(ARGS)
+
+bench: setup  ## framework vs plain PyTorch loop, s/epoch and ratio (ARGS="--device cuda --record ...")
+	$(PY) scripts/benchmark.py $(ARGS)
 
 screenshot: setup  ## docs/serve_page.png, taken by the browser test
 	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser

@@ -129,6 +129,18 @@ def test_augmentations_keep_shape_dtype_and_labels():
     assert len({tuple(row.tolist()) for row in shifted[:, 0, 5]}) > 1  # offsets differ per image
 
 
+def test_augmented_batches_keep_labels_aligned_and_repeat_with_the_seed():
+    labels = torch.arange(10).repeat(30)
+    images = (labels * 25).to(torch.uint8).reshape(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
+    augment = {"hflip": True, "crop_padding": 2}
+    batches = list(TensorBatches(images, labels, 64, shuffle=True, seed=3, augment=augment))
+    for x, y in batches:  # the centre pixel still says which label the image had
+        assert torch.equal(x[:, 0, 14, 14], (y * 25).to(torch.uint8))
+    again = list(TensorBatches(images, labels, 64, shuffle=True, seed=3, augment=augment))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    assert any((x[:, 0, 0] == 0).any() for x, _ in batches)  # crops did shift the zero padding in
+
+
 def test_random_erase_zeroes_one_rectangle_per_chosen_image():
     images = torch.full((400, 1, 28, 28), 200, dtype=torch.uint8)
     out = random_erase(images, 0.5, torch.Generator().manual_seed(0))
@@ -137,7 +149,9 @@ def test_random_erase_zeroes_one_rectangle_per_chosen_image():
     touched = erased.flatten(1).any(1)
     assert 150 < int(touched.sum()) < 250  # about half the images
     area = erased[touched].flatten(1).float().mean(1)
-    assert area.min() >= 0.01 and area.max() <= 0.40  # 2%..33% of the image, sides rounded to pixels
+    assert (
+        area.min() >= 0.01 and area.max() <= 0.40
+    )  # 2%..33% of the image, sides rounded to pixels
     for mask in erased[touched][:50]:  # one axis-aligned rectangle: its rows x its columns
         rows, cols = mask.any(1), mask.any(0)
         assert torch.equal(mask, rows[:, None] & cols[None, :])

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from fmnist_exp import dataset
-from fmnist_exp.augment import AUGMENTATIONS, augment_batch
+from fmnist_exp.augment import AUGMENTATIONS, apply_choices, draw_choices
 from fmnist_exp.errors import ConfigError, DataError
 from fmnist_exp.paths import project_root
 
@@ -57,20 +57,26 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device, n, size = self.images.device, len(self.labels), self.batch_size
-        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
+        # Randomness comes from a CPU generator and goes to the device once per epoch: the same seed
+        # gives the same batches on every device, with no per-step host transfer.
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        order = torch.randperm(n, generator=generator, device=device) if self.shuffle else None
+        order = torch.randperm(n, generator=generator).to(device) if self.shuffle else None
+        choices = {  # per image, indexed like self.images
+            k: v.to(device) for k, v in draw_choices(n, generator, **self.augment).items()
+        }
         if self.world_size > 1:
             order = torch.arange(n, device=device) if order is None else order
             order = order[self.rank :: self.world_size][: self._count()]
         for start in range(0, self._count(), size):
             if order is None:  # in order, one process: plain slices, no copy
+                idx = torch.arange(start, min(start + size, n), device=device)
                 x, y = self.images[start : start + size], self.labels[start : start + size]
             else:
                 idx = order[start : start + size]
                 x, y = self.images[idx], self.labels[idx]
-            if self.augment:
-                x = augment_batch(x, generator, **self.augment)
+            if choices:
+                x = apply_choices(x, {k: v[..., idx] for k, v in choices.items()}, **self.augment)
             yield x, y
 
 
@@ -172,14 +178,24 @@ class FashionMNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
 
+    def resident(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's uint8 images and labels on the training device, copied there once: batches,
+        shuffling and augmentation then happen on that device, with no per-step host transfer."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        images, labels = getattr(self, split)
+        if images.device != device:
+            images, labels = images.to(device), labels.to(device)
+            setattr(self, split, (images, labels))
+        return images, labels
+
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(
-            *self.train, self.batch_size, shuffle=True, seed=self.shuffle_seed,
+            *self.resident("train"), self.batch_size, shuffle=True, seed=self.shuffle_seed,
             augment=self.augment, **self._shard(),
         )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.val, self.eval_batch_size, **self._shard())
+        return TensorBatches(*self.resident("val"), self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(*self.test, self.eval_batch_size, **self._shard())
+        return TensorBatches(*self.resident("test"), self.eval_batch_size, **self._shard())

@@ -65,7 +65,8 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
         ) from exc
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, float]:
+    """One run. extra_callbacks: more Lightning callbacks (the benchmark times epochs with one)."""
     started = time.perf_counter()
     if cfg.mlflow.register_model and not cfg.mlflow.log_model:
         raise ConfigError(
@@ -103,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         save_last=True,
     )
     history = EpochHistory()
-    callbacks: list[Callback] = [checkpoint, history]
+    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     model_name, overrides = describe_run(cfg)

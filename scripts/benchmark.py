@@ -1,0 +1,252 @@
+"""Seconds per epoch: a plain PyTorch loop vs the framework, same model, data, batch, optimiser,
+device and epochs, one after the other in one invocation (these machines are noisy: only the ratio
+measured side by side means much). Also time to accuracy for a recipe.
+
+    python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 4 epochs (= make bench)
+    python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
+    python scripts/benchmark.py --time-to-accuracy experiment=seed_lenet_bn_c32_k33
+    ... --record                                      # add the result rows to docs/benchmarks.md
+
+Per-epoch time is training plus the validation pass, from the start of the epoch to its end (a
+device sync at both ends), median over epochs 2..N (epoch 1 pays for warm-up). Start-up (reading
+the data, building the model; for the framework also the MLflow run and the Trainer) is reported
+separately. The framework runs exactly as `python -m fmnist_exp` would (train(cfg): checkpoints,
+MLflow logging per epoch), with scheduler=none so the plain loop needs no schedule of its own.
+"""
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from fmnist_exp.classifier import build  # noqa: E402
+from fmnist_exp.models import Normalize  # noqa: E402
+from fmnist_exp.paths import config_dir, register_resolvers  # noqa: E402
+from fmnist_exp.train import train  # noqa: E402
+
+MARKER = "<!-- benchmark.py --record adds rows above this line -->"
+THRESHOLDS = (0.90, 0.92, 0.94)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def config(overrides: list[str], workdir: Path):
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):  # a private store and output folder: benchmarks never touch mlruns/
+        cfg.paths.output_dir = str(workdir / "run")
+        cfg.mlflow.tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        cfg.mlflow.log_model = False
+    return cfg
+
+
+# --- the reference: a plain PyTorch loop -----------------------------------------------------------
+
+
+def plain_loop(cfg, device: torch.device, precision: str) -> dict:
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    data.setup("fit")
+    x_train, y_train = (t.to(device) for t in data.train)
+    x_val, y_val = (t.to(device) for t in data.val)
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    net = nn.Sequential(Normalize(data.mean, data.std), build(model_spec)).to(device)
+    optimizer = instantiate(cfg.optimizer, params=net.parameters())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    batch, n = cfg.data.batch_size, len(y_train)
+    sync(device)
+    startup = time.perf_counter() - started
+    epochs = []
+    for _ in range(cfg.trainer.max_epochs):
+        sync(device)
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(n, device=device, generator=generator)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            with autocast:
+                loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        correct = torch.zeros((), device=device)
+        with torch.no_grad(), autocast:
+            for start in range(0, len(y_val), cfg.data.eval_batch_size):
+                logits = net(x_val[start : start + cfg.data.eval_batch_size])
+                correct += (
+                    logits.argmax(1) == y_val[start : start + cfg.data.eval_batch_size]
+                ).sum()
+        val_acc = correct.item() / len(y_val)  # the one host sync per epoch
+        sync(device)
+        epochs.append(time.perf_counter() - t0)
+    return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc}
+
+
+# --- the framework, timed from the inside ------------------------------------------------------------
+
+
+class EpochClock(L.Callback):
+    """Start-up (train() called -> first epoch starts) and each epoch's time (train + validation)."""
+
+    def __init__(self, started: float):
+        self.started, self.startup_s, self.epochs_s, self.t0 = started, None, [], 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.t0 = time.perf_counter()
+        if self.startup_s is None:
+            self.startup_s = self.t0 - self.started
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.epochs_s.append(time.perf_counter() - self.t0)
+
+
+class TimeToAccuracy(L.Callback):
+    """After each epoch, with the clock stopped: test accuracy (the run's own evaluation path)."""
+
+    def __init__(self):
+        self.training_s, self.curve, self.t0 = 0.0, [], 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.training_s += time.perf_counter() - self.t0
+        images, labels = trainer.datamodule.resident("test")
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((pl_module(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
+                for i in range(0, len(labels), 1000)
+            )
+        pl_module.train(was_training)
+        self.curve.append((self.training_s, correct / len(labels)))
+
+
+def framework(cfg, callbacks: list[L.Callback]) -> dict:
+    started = time.perf_counter()
+    results = train(cfg, extra_callbacks=callbacks)
+    return results | {"wall_s": time.perf_counter() - started}
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def record(rows: list[str]) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    if MARKER not in text:
+        raise SystemExit(f"{path}: the line {MARKER!r} marks where rows go; it is missing.")
+    path.write_text(text.replace(MARKER, "\n".join(rows) + "\n" + MARKER))
+    print(f"added {len(rows)} row(s) to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="lenet_bn")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
+    parser.add_argument("--time-to-accuracy", metavar="OVERRIDE", nargs="+",
+                        help="instead: train these overrides (e.g. experiment=seed_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
+    parser.add_argument(
+        "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
+    )
+    args = parser.parse_args()
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    common = [f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.time_to_accuracy:
+            clock = TimeToAccuracy()
+            cfg = config([*args.time_to_accuracy, *common], Path(tmp))
+            results = framework(cfg, [clock])
+            print(f"{device_name(device)}: {' '.join(args.time_to_accuracy)}")
+            print("epoch  training s  test acc")
+            for epoch, (seconds, acc) in enumerate(clock.curve, start=1):
+                print(f"{epoch:5d} {seconds:11.1f} {acc:9.4f}")
+            reached = {t: next((s for s, a in clock.curve if a >= t), None) for t in THRESHOLDS}
+            cells = [f"{s:.1f} s" if s is not None else "not reached" for s in reached.values()]
+            print(
+                "seconds of training to "
+                + ", ".join(f"{t:.0%}: {c}" for t, c in zip(THRESHOLDS, cells, strict=True))
+            )
+            print(f"final test/acc (best val checkpoint) {results['test/acc']:.4f}")
+            if args.record:
+                record([f"| {date.today()} | {device_name(device)} | `{command}` | time to accuracy | "
+                        f"{' / '.join(cells)} (90/92/94%); best-checkpoint test acc {results['test/acc']:.4f} |"])  # fmt: skip
+            return
+
+        overrides = [f"model={args.model}", f"data.batch_size={args.batch_size}",
+                     f"trainer.max_epochs={args.epochs}", "optimizer=adam", "scheduler=none", *common]  # fmt: skip
+        plain = plain_loop(config(overrides, Path(tmp) / "plain"), device, args.precision)
+        clock = EpochClock(time.perf_counter())
+        ours = framework(config(overrides, Path(tmp) / "framework"), [clock])
+
+    def median(epochs: list[float]) -> float:
+        return statistics.median(epochs[1:] or epochs)
+
+    ratio = median(clock.epochs_s) / median(plain["epochs_s"])
+    print(
+        f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, precision {args.precision}"
+    )
+    print(f"{'':12} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s")
+    for name, startup, epochs, acc in (
+        ("plain loop", plain["startup_s"], plain["epochs_s"], plain["val_acc"]),
+        ("framework", clock.startup_s, clock.epochs_s, ours["val/acc_best"]),
+    ):
+        print(
+            f"{name:12} {startup:10.2f} {median(epochs):22.2f} {acc:8.4f}  {' '.join(f'{e:.2f}' for e in epochs)}"
+        )
+    print(f"framework / plain loop, per epoch: {ratio:.3f}")
+    if args.record:
+        record([f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+                f"{args.epochs} epochs, {args.precision} | plain {median(plain['epochs_s']):.2f} s/epoch, "
+                f"framework {median(clock.epochs_s):.2f} s/epoch: **ratio {ratio:.3f}**; start-up "
+                f"{plain['startup_s']:.1f} s vs {clock.startup_s:.1f} s |"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")  # Lightning's hints about workers and log intervals
+    main()
