@@ -110,9 +110,19 @@ def test_outputs_stay_in_the_run_folder(trained):
             "label_smoothing=0.1",
             "mlflow.log_model=false",
         ],
+        [
+            "model=lenet_bn",
+            "model.dropout=0.3",
+            "data.augment.erase_prob=0.5",
+            "tta_hflip=true",
+            "model.channels_last=true",
+            "trainer.precision=bf16-mixed",
+        ],
+        pytest.param(["model=lenet_bn", "model.compile=true"], marks=pytest.mark.slow),
     ],
-    ids=["mlp-sgd-cosine", "lenet-adamw-onecycle-augment", "relu-80_10_10-smoothing"],
-)
+    ids=["mlp-sgd-cosine", "lenet-adamw-onecycle-augment", "relu-80_10_10-smoothing",
+         "bn-dropout-erase-tta-channels_last-bf16", "bn-compiled"],
+)  # fmt: skip
 def test_other_options_train_a_few_steps(make_config, overrides):
     cfg = make_config(
         "trainer.limit_train_batches=3",

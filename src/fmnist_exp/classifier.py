@@ -16,10 +16,13 @@ from fmnist_exp.models import FlipAveraged, Normalize
 NUM_CLASSES = 10
 
 
+SPEED_KEYS = ("compile", "channels_last")  # model.* switches train.py acts on; not constructor args
+
+
 def build(spec: dict) -> nn.Module:
     """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module. Unlike hydra's instantiate,
     a ConfigError raised by the constructor reaches the caller unwrapped."""
-    kwargs = dict(spec)
+    kwargs = {k: v for k, v in spec.items() if k not in SPEED_KEYS}
     return get_object(kwargs.pop("_target_"))(**kwargs)
 
 

@@ -96,7 +96,7 @@ def log_model(
     dimension is exported as dynamic, plus a signature and explicit requirements (no env inference).
     """
     example = example[:2].float().cpu().numpy().astype(np.float32)
-    model = model.cpu().eval()
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)  # undo channels_last
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(tracking_uri)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -94,6 +95,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         tta_hflip=cfg.tta_hflip,
     )
     params_total, params_trainable = count_parameters(model.net)
+    if cfg.model.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.model.get("compile"):
+        model.net.compile()  # in place: compiled forward, same state_dict keys, same checkpoints
 
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
