@@ -5,6 +5,7 @@ one paragraph and exit code 2; anything else is a bug and keeps its traceback. I
 sweep a failed job is recorded and the sweep goes on; the sweep exits non-zero at the end.
 """
 
+import signal
 import sys
 import warnings
 
@@ -26,11 +27,16 @@ for noise in (
 def main(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective for Hydra sweepers."""
     from fmnist_exp import sweep  # heavy imports only once Hydra has parsed the command line
+    from fmnist_exp.guards import RunInterrupted
     from fmnist_exp.train import train
 
     register_resolvers()  # again: joblib and submitit workers unpickle this function without the module
     try:
         return train(cfg)["val/acc_best"]
+    except RunInterrupted as stopped:
+        print(f"interrupted: {stopped}; the run is KILLED with its checkpoints kept. Continue it "
+              f"with resume=last (same overrides) or resume=<run_id>.", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + getattr(signal, stopped.signal_name, signal.SIGINT))
     except Exception as exc:
         if sweep.in_sweep():
             sweep.record_failed_job(cfg, exc)

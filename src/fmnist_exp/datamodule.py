@@ -38,11 +38,12 @@ class TensorBatches:
         augment: dict | None = None,
         rank: int = 0,
         world_size: int = 1,
+        epoch: int = 0,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch = epoch  # the next epoch's number: its seed is seed + epoch
 
     def _count(self) -> int:
         n = len(self.labels)
@@ -192,6 +193,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return TensorBatches(
             *self.resident("train"), self.batch_size, shuffle=True, seed=self.shuffle_seed,
             augment=self.augment, **self._shard(),
+            epoch=self.trainer.current_epoch if self.trainer else 0,  # a resumed run goes on, not over
         )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:

@@ -92,10 +92,14 @@ class MLflowSweep(Callback):
         )
         failed = [r for r in children if r.info.status != "FINISHED"]
         finished = [r for r in children if r.info.status == "FINISHED"]
+        skipped = client.search_runs(  # skip_finished=true: done before, by an earlier sweep
+            [parent.info.experiment_id], f"tags.`sweep.skipped_in` = '{parent_id}'"
+        )
         summary = {
-            "sweep/jobs": len(children),
+            "sweep/jobs": len(children) + len(skipped),
             "sweep/finished": len(finished),
             "sweep/failed": len(failed),
+            "sweep/skipped": len(skipped),
         }
         if finished:
             best = max(finished, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
@@ -111,6 +115,7 @@ class MLflowSweep(Callback):
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         print(
             f"sweep {parent_id}: {len(finished)} of {len(children)} jobs finished"
+            + (f" ({len(skipped)} more skipped: finished before)" if skipped else "")
             + (
                 f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
                 if finished

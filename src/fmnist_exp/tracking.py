@@ -47,16 +47,24 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
 
 
 def make_logger(
-    tracking_uri: str, experiment: str, run_name: str, tags: dict[str, str]
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    run_id: str | None = None,
 ) -> MLFlowLogger:
-    """Lightning's MLflow logger on an explicit store; the run starts when something is first logged."""
+    """Lightning's MLflow logger on an explicit store: a new run, or with run_id an existing one
+    (resumed: set RUNNING again)."""
     ensure_store(tracking_uri, experiment)
+    if run_id:
+        mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
     return MLFlowLogger(
         experiment_name=experiment,
         tracking_uri=tracking_uri,
         run_name=run_name,
         tags=tags,
         artifact_location=artifact_location(tracking_uri),
+        run_id=run_id,
     )
 
 

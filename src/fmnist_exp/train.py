@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -18,10 +19,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import plots, sweep, tracking
+from fmnist_exp import plots, resume, sweep, tracking
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError, user_error
+from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
 from fmnist_exp.models import count_parameters
 
 
@@ -66,6 +68,28 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
         ) from exc
 
 
+def skip_finished_run(cfg: DictConfig, previous: resume.Previous) -> dict[str, float]:
+    """skip_finished=true and this exact config already FINISHED: its results, nothing trained."""
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    metrics = client.get_run(previous.run_id).data.metrics
+    if parent := sweep.job_tags().get("mlflow.parentRunId"):  # the sweep's summary counts it
+        client.set_tag(previous.run_id, "sweep.skipped_in", parent)
+    print(f"skipped: this config already FINISHED as run {previous.run_id} (skip_finished=true)")
+    return {k: metrics[k] for k in ("val/acc_best", "test/acc", "epochs") if k in metrics}
+
+
+def continue_config(cfg: DictConfig, previous: resume.Previous) -> DictConfig:
+    """The interrupted run's own resolved config (its config.yaml), on the store we found it in."""
+    saved = previous.output_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"resume: run {previous.run_id} has no {saved}; start it again without resume=."
+        )
+    run_cfg = OmegaConf.load(saved)
+    run_cfg.mlflow, run_cfg.resume = cfg.mlflow, previous.run_id
+    return run_cfg
+
+
 def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, float]:
     """One run. extra_callbacks: more Lightning callbacks (the benchmark times epochs with one)."""
     started = time.perf_counter()
@@ -74,6 +98,12 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             f"mlflow.register_model={cfg.mlflow.register_model} needs the logged model: drop "
             f"mlflow.log_model=false, or register_model."
         )
+    digest = resume.config_hash(cfg)
+    action, previous = resume.choose(cfg, digest)
+    if action == "skip":
+        return skip_finished_run(cfg, previous)
+    if action == "resume":  # the run's own config and folder; checkpoints continue there
+        cfg = continue_config(cfg, previous)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -109,7 +139,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         save_last=True,
     )
     history = EpochHistory()
-    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
+    stop = StopOnSignal(output_dir / "checkpoints")
+    callbacks: list[Callback] = [checkpoint, history, FiniteLossGuard(), stop, *extra_callbacks]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     model_name, overrides = describe_run(cfg)
@@ -124,27 +155,39 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
             **sweep.job_tags(),  # nests the run under its sweep's parent run
             **{k: str(v) for k, v in cfg.get("tags", {}).items()},  # e.g. reference_acc
+            "config_hash": digest,
         },
+        run_id=previous.run_id if previous else None,
     )
     trainer = make_trainer(cfg.trainer, callbacks, logger)
 
     # From here on the MLflow run exists: it ends FAILED (or KILLED) if anything below raises.
     client, run_id = logger.experiment, logger.run_id
+    trainer.callbacks.append(resume.RunIdInCheckpoints(run_id))
+    config_file = output_dir / "config.yaml"
     try:
-        params = {
-            k: v for k, v in tracking.flatten(plain(cfg)).items()
-            if not k.startswith(("paths.", "data.md5."))  # machine-specific or constant
-        }  # fmt: skip
-        logger.log_hyperparams(params | datamodule.summary() | {"output_dir": str(output_dir)})
-        logger.log_metrics(
-            {"model/params_total": params_total, "model/params_trainable": params_trainable}
-        )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config_file = output_dir / "config.yaml"
-        config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        stop.__enter__()  # SIGTERM / SIGINT from here on: checkpoint, KILLED
+        if previous is None:
+            params = {
+                k: v for k, v in tracking.flatten(plain(cfg)).items()
+                if not k.startswith(("paths.", "data.md5."))  # machine-specific or constant
+            }  # fmt: skip
+            logger.log_hyperparams(params | datamodule.summary() | {"output_dir": str(output_dir)})
+            logger.log_metrics(
+                {"model/params_total": params_total, "model/params_trainable": params_trainable}
+            )
+            output_dir.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        else:  # epochs already logged stay as they are; the curves plot gets them back
+            history.epochs = resume.epoch_history(cfg.mlflow.tracking_uri, run_id)
+            for key, value in sweep.job_tags().items():  # a sweep that finishes a run adopts it
+                client.set_tag(run_id, key, value)
+            print(f"resuming run {run_id} from {previous.last_checkpoint}")
 
         fit_started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=previous.last_checkpoint if previous else None
+        )
         fit_seconds = time.perf_counter() - fit_started
         best = checkpoint.best_model_path or None
         tested = trainer.test(
@@ -181,9 +224,15 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         results["time/total_s"] = time.perf_counter() - started
         logger.log_metrics({k: v for k, v in results.items() if not k.startswith("test/")})
     except BaseException as exc:
-        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
+        note = f"; checkpoint {stop.saved}" if stop.saved else ""
+        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}{note}"[:5000])
+        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+        if killed and not isinstance(exc, RunInterrupted):
+            raise RunInterrupted(stop.received or "SIGINT") from exc
         raise
+    finally:
+        stop.__exit__()
     client.set_terminated(run_id, "FINISHED")
 
     print(

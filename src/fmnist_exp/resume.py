@@ -1,0 +1,130 @@
+"""Runs that survive being killed: a config hash per run, resume=<run_id>|last, skip_finished=true.
+
+Every run is tagged `config_hash`: a hash of its resolved config without the keys that say where or
+how to run it (paths, MLflow location, resume switches, progress bars). Its checkpoints hold the
+MLflow run id. `resume=` continues a run from `last.ckpt` (written at the end of every epoch) into the
+same MLflow run; `skip_finished=true` (for re-running a killed sweep) skips a job whose identical
+config already has a FINISHED run and resumes one that has an unfinished run.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_exp.errors import UserError
+
+NOT_PART_OF_THE_EXPERIMENT = ("paths", "mlflow", "resume", "skip_finished")
+TRAINER_COSMETICS = ("enable_progress_bar", "enable_model_summary", "default_root_dir")
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_PART_OF_THE_EXPERIMENT:
+        plain.pop(key, None)
+    for key in TRAINER_COSMETICS:
+        plain.get("trainer", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Previous:
+    """A run to continue (or, when finished, to skip)."""
+
+    run_id: str
+    status: str
+    output_dir: Path
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.output_dir / "checkpoints" / "last.ckpt"
+
+
+def _previous(run) -> Previous:
+    return Previous(run.info.run_id, run.info.status, Path(run.data.params.get("output_dir", "")))
+
+
+def find_run(tracking_uri: str, run_id: str) -> Previous:
+    try:
+        run = mlflow.MlflowClient(tracking_uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UserError(
+            f"resume={run_id}: no such run in {tracking_uri}. Copy the id from the MLflow UI or the "
+            f"run's summary line, or use resume=last."
+        ) from exc
+    return _previous(run)
+
+
+def same_config_runs(tracking_uri: str, experiment: str, digest: str) -> list[Previous]:
+    """Runs of this exact config, newest first."""
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.config_hash = '{digest}'",
+        order_by=["attributes.start_time DESC"], max_results=50,
+    )  # fmt: skip
+    return [_previous(r) for r in runs]
+
+
+def resumable(previous: Previous, key: str) -> Previous:
+    """Check that `previous` can be continued: unfinished, with a last.ckpt on disk."""
+    if previous.status == "FINISHED":
+        raise UserError(
+            f"{key}: run {previous.run_id} already FINISHED; there is nothing to resume. Start a new "
+            f"run without {key.split('=')[0]}=, or pass skip_finished=true to skip finished configs."
+        )
+    if not previous.last_checkpoint.is_file():
+        raise UserError(
+            f"{key}: run {previous.run_id} has no {previous.last_checkpoint} (it stopped before its "
+            f"first epoch ended, or its output folder moved). Start it again without resume=."
+        )
+    return previous
+
+
+def choose(cfg: DictConfig, digest: str) -> tuple[str, Previous | None]:
+    """("new" | "resume" | "skip", the previous run), from cfg.resume and cfg.skip_finished."""
+    uri, resume = cfg.mlflow.tracking_uri, cfg.get("resume")
+    if resume and resume != "last":
+        return "resume", resumable(find_run(uri, str(resume)), f"resume={resume}")
+    runs = same_config_runs(uri, cfg.mlflow.experiment, digest)
+    if cfg.get("skip_finished") and (done := [r for r in runs if r.status == "FINISHED"]):
+        return "skip", done[0]
+    unfinished = [r for r in runs if r.status != "FINISHED" and r.last_checkpoint.is_file()]
+    if resume == "last":
+        if not unfinished:
+            raise UserError(
+                f"resume=last: no unfinished run with a last.ckpt has this config (config_hash "
+                f"{digest}) in experiment {cfg.mlflow.experiment!r}. Pass the same overrides as the "
+                f"interrupted command, or resume=<run_id>."
+            )
+        return "resume", unfinished[0]
+    if cfg.get("skip_finished") and unfinished:
+        return "resume", unfinished[0]
+    return "new", None
+
+
+def epoch_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
+    """The per-epoch metrics already logged, as EpochHistory keeps them (for the curves plot)."""
+    client = mlflow.MlflowClient(tracking_uri)
+    by_step: dict[int, dict[str, float]] = {}
+    for key in EPOCH_METRICS:
+        for m in client.get_metric_history(run_id, key):
+            by_step.setdefault(m.step, {})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+class RunIdInCheckpoints(L.Callback):
+    """Writes the MLflow run id into every checkpoint (`checkpoint["mlflow_run_id"]`)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["mlflow_run_id"] = self.run_id

@@ -1,0 +1,160 @@
+"""Nothing lost: kill -9 and resume, SIGTERM, a diverging job in a sweep, finishing a killed sweep,
+many writers on one sqlite store. Real processes, real signals, the real dataset."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+SHORT = ["trainer=fast", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
+         "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "mlflow.log_model=false"]  # fmt: skip
+
+
+def store(tmp: Path) -> str:
+    return f"sqlite:///{tmp}/mlflow.db"
+
+
+def runs(tmp: Path, experiment: str = "fashion-mnist") -> list:
+    client = mlflow.MlflowClient(store(tmp))
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def history(tmp: Path, run_id: str, key: str) -> list[int]:
+    return [m.step for m in mlflow.MlflowClient(store(tmp)).get_metric_history(run_id, key)]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_exp", *args], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_path, real_data_dir):
+    common = [*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
+    process = start([*common, f"hydra.run.dir={tmp_path}/run"])
+    wait_for(tmp_path / "run" / "checkpoints" / "epoch000.ckpt", process)
+    time.sleep(1.0)  # into the second epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed,) = runs(tmp_path)
+    assert killed.info.status == "RUNNING"  # what kill -9 leaves behind, until resumed
+
+    done = run_cli(*common, "resume=last")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {killed.info.run_id}" in done.stdout
+    (run,) = runs(tmp_path)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    for key in ("train/loss", "val/acc"):
+        steps = history(tmp_path, run.info.run_id, key)
+        assert len(steps) == 3 and len(set(steps)) == 3  # each epoch exactly once
+
+    straight = tmp_path / "straight"  # the same run, never interrupted
+    done = run_cli(*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(straight)}",
+                   f"hydra.run.dir={straight}/run")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (uninterrupted,) = runs(straight)
+    assert abs(run.data.metrics["test/acc"] - uninterrupted.data.metrics["test/acc"]) < 0.02
+
+
+def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, real_data_dir):
+    common = [*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
+    process = start([*common, f"hydra.run.dir={tmp_path}/run"])
+    wait_for(tmp_path / "run" / "checkpoints" / "epoch000.ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "interrupted: stopped by SIGTERM" in output
+    (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["error"]
+    assert (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").is_file()
+
+    done = run_cli(f"resume={run.info.run_id}", f"data.data_dir={real_data_dir}",
+                   f"mlflow.tracking_uri={store(tmp_path)}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs(tmp_path)
+    assert run.info.status == "FINISHED" and len(history(tmp_path, run.info.run_id, "val/acc")) == 3
+
+
+def test_resume_errors_are_clear(tmp_path, real_data_dir):
+    common = [f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
+    done = run_cli(*common, "resume=0123456789abcdef")
+    assert done.returncode == 2 and "resume=0123456789abcdef: no such run" in done.stderr
+    done = run_cli(*SHORT, *common, "resume=last")
+    assert done.returncode == 2 and "resume=last: no unfinished run" in done.stderr
+
+
+def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.01,10000", *SHORT,
+                   f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
+                   f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    assert done.returncode != 0
+    children = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
+    jobs = {float(r.data.params["optimizer.lr"]): r for r in children}
+    assert jobs[0.01].info.status == "FINISHED"
+    assert jobs[10000].info.status == "FAILED"
+    assert "NaN or infinite at optimizer step" in jobs[10000].data.tags["error"]
+    assert "optimizer.lr=10000" in done.stderr and "1 job(s) failed" in done.stderr
+
+
+def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
+    sweep = ["--multirun", "model=lenet_bn", "model.channels=4,6", *SHORT, f"data.data_dir={real_data_dir}",
+             f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
+    process = start([*sweep, f"hydra.sweep.dir={tmp_path}/first"])
+    wait_for(tmp_path / "first" / "1" / "checkpoints" / "epoch000.ckpt", process)  # job 1 under way
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {
+        r.data.params["model.channels"]: r
+        for r in runs(tmp_path)
+        if r.data.tags.get("sweep") != "parent"
+    }
+    assert before["4"].info.status == "FINISHED" and before["6"].info.status == "RUNNING"
+
+    done = run_cli(*sweep, "skip_finished=true", f"hydra.sweep.dir={tmp_path}/second")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipped: this config already FINISHED" in done.stdout
+    after = {
+        r.data.params["model.channels"]: r
+        for r in runs(tmp_path)
+        if r.data.tags.get("sweep") != "parent"
+    }
+    assert len(after) == 2  # nothing trained twice
+    assert after["4"].info.run_id == before["4"].info.run_id
+    assert (
+        after["6"].info.run_id == before["6"].info.run_id and after["6"].info.status == "FINISHED"
+    )
+    assert len(history(tmp_path, after["6"].info.run_id, "val/acc")) == 3
+
+
+def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=1,2,3,4,5,6,7,8",
+                   "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                   "trainer.limit_test_batches=1", "mlflow.log_model=false", f"data.data_dir={real_data_dir}",
+                   f"mlflow.tracking_uri={store(tmp_path)}", f"hydra.sweep.dir={tmp_path}/sweep",
+                   env={"OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
+    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(1, 9))
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert {"test/acc", "val/acc", "train/loss", "model/params_total", "time/total_s"} <= set(
+            run.data.metrics
+        )
+    assert os.path.getsize(tmp_path / "mlflow.db") > 0
