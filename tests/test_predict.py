@@ -136,3 +136,23 @@ def test_bad_inputs_and_model_uris_are_clear(tmp_path, trained_model):
         inference.load("best", f"sqlite:///{tmp_path / 'empty.db'}")
     assert predict.main(["inputs=", f"tracking_uri={store}"]) == 2
     assert predict.main(["colour=blue"]) == 2
+
+
+def test_checkpoints_that_are_not_ours_are_refused(tmp_path, trained_model):
+    store = trained_model["tracking_uri"]
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained_model["checkpoint"].read_bytes()[:5000])
+    other_module = tmp_path / "other.ckpt"  # a Lightning checkpoint of some other module
+    torch.save(
+        {"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"hidden": 3}}, other_module
+    )
+
+    class Evil:  # a pickle that would run code: weights_only refuses to build it
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Evil()}, evil)
+    for path in (truncated, other_module, evil):
+        with pytest.raises(UserError, match=f"{path.name}: not a checkpoint"):
+            inference.load(str(path), store)

@@ -158,3 +158,52 @@ def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_d
             run.data.metrics
         )
     assert os.path.getsize(tmp_path / "mlflow.db") > 0
+
+
+def test_an_unwritable_output_folder_fails_before_any_run(tmp_path, real_data_dir):
+    (tmp_path / "a_file").write_text("not a folder")
+    done = run_cli("trainer=fast", f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
+                   f"hydra.run.dir={tmp_path}/a_file/run")  # fmt: skip
+    assert (
+        done.returncode == 2
+        and "cannot be written" in done.stderr
+        and "hydra.run.dir" in done.stderr
+    )
+    assert runs(tmp_path) == []
+
+
+def test_a_full_disk_fails_the_run_and_says_how_to_resume(make_config, monkeypatch):
+    import errno
+
+    import lightning as L
+
+    from fmnist_exp.errors import UserError
+    from fmnist_exp.train import train
+
+    cfg = make_config()
+
+    def full(self, filepath, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", full)
+    with pytest.raises(UserError, match=r"No space left on device while writing .*resume="):
+        train(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_an_unreachable_tracking_server_fails_fast(tmp_path, real_data_dir):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    done = run_cli("trainer=fast", f"data.data_dir={real_data_dir}", f"hydra.run.dir={tmp_path}/run",
+                   env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})  # fmt: skip
+    assert (
+        done.returncode == 2
+        and f"tracking server http://127.0.0.1:{port} does not answer" in done.stderr
+    )
+    assert time.monotonic() - started < 60  # no minutes of retries

@@ -7,6 +7,7 @@ in an installed wheel conf/ ships inside the package and the root is the current
 import os
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -54,3 +55,42 @@ def register_resolvers() -> None:
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def check_writable(folder: Path, key: str = "hydra.run.dir") -> None:
+    """A run's folder must take files before anything is recorded (ConfigError naming `key`)."""
+    from fmnist_exp.errors import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"The output folder {folder} cannot be written ({exc.strerror or exc}). Point {key} at "
+            f"a writable folder with free space; nothing was recorded."
+        ) from exc
+
+
+class WritableOutputs(Callback):
+    """Hydra callback: checks the run (or sweep) folder before Hydra writes into it, so an unwritable
+    place is one clear paragraph and exit code 2, not a traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: Path, key: str) -> None:
+        import sys
+
+        from fmnist_exp.errors import ConfigError, one_paragraph
+
+        try:
+            check_writable(folder, key)
+        except ConfigError as exc:
+            print(f"error: {one_paragraph(exc)}", file=sys.stderr)
+            sys.exit(2)

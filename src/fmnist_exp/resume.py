@@ -91,6 +91,8 @@ def resumable(previous: Previous, key: str) -> Previous:
 def choose(cfg: DictConfig, digest: str) -> tuple[str, Previous | None]:
     """("new" | "resume" | "skip", the previous run), from cfg.resume and cfg.skip_finished."""
     uri, resume = cfg.mlflow.tracking_uri, cfg.get("resume")
+    if not resume and not cfg.get("skip_finished"):
+        return "new", None
     if resume and resume != "last":
         return "resume", resumable(find_run(uri, str(resume)), f"resume={resume}")
     runs = same_config_runs(uri, cfg.mlflow.experiment, digest)

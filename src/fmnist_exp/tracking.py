@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
+from fmnist_exp.errors import UserError
+
 
 def artifact_location(tracking_uri: str) -> str | None:
     """sqlite:////abs/mlruns/mlflow.db -> file:///abs/mlruns/artifacts; servers choose their own."""
@@ -27,6 +29,21 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
 
 
+def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the address, when a tracking server does not answer (MLflow's own client
+    would retry with back-off for minutes)."""
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as exc:
+        raise UserError(
+            f"The MLflow tracking server {tracking_uri} does not answer ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Start the server, fix MLFLOW_TRACKING_URI / "
+            f"mlflow.tracking_uri, or unset it to use the local sqlite store. Nothing was recorded."
+        ) from exc
+
+
 def ensure_store(tracking_uri: str, experiment: str) -> str:
     """Create the store's schema and the experiment if needed; return the experiment id.
 
@@ -34,6 +51,8 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
     """
     if (db := sqlite_path(tracking_uri)) is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+    if tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:

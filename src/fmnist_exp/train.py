@@ -5,6 +5,7 @@ seed -> data -> model -> trainer -> MLflow run -> fit -> test on the best checkp
 never leaves a half-made run behind.
 """
 
+import errno
 import shlex
 import sys
 import time
@@ -22,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_exp import plots, resume, sweep, tracking
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
-from fmnist_exp.errors import ConfigError, user_error
+from fmnist_exp.errors import ConfigError, UserError, user_error
 from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
 from fmnist_exp.models import count_parameters
+from fmnist_exp.paths import check_writable
 
 
 class EpochHistory(Callback):
@@ -68,6 +70,9 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
         ) from exc
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
+
+
 def skip_finished_run(cfg: DictConfig, previous: resume.Previous) -> dict[str, float]:
     """skip_finished=true and this exact config already FINISHED: its results, nothing trained."""
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
@@ -98,6 +103,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             f"mlflow.register_model={cfg.mlflow.register_model} needs the logged model: drop "
             f"mlflow.log_model=false, or register_model."
         )
+    if cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
+        tracking.check_server(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
     digest = resume.config_hash(cfg)
     action, previous = resume.choose(cfg, digest)
     if action == "skip":
@@ -106,6 +113,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         cfg = continue_config(cfg, previous)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    check_writable(
+        output_dir, "paths.output_dir (hydra.run.dir)"
+    )  # also checked by Hydra's callback, before Hydra makes it
 
     # Data first: its training statistics go into the model's normalisation layer.
     datamodule = instantiate(cfg.data)
@@ -230,6 +240,12 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         client.set_terminated(run_id, "KILLED" if killed else "FAILED")
         if killed and not isinstance(exc, RunInterrupted):
             raise RunInterrupted(stop.received or "SIGINT") from exc
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            raise UserError(
+                f"{exc.strerror} while writing {exc.filename or output_dir}: run {run_id} is FAILED; "
+                f"its checkpoints so far are in {output_dir / 'checkpoints'}. Free space (or fix the "
+                f"permissions), then continue it with resume={run_id}."
+            ) from exc
         raise
     finally:
         stop.__exit__()
