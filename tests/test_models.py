@@ -35,7 +35,7 @@ def build(cfg) -> Classifier:
 
 
 def test_every_group_has_the_promised_options():
-    assert GROUPS["model"] == ["lenet", "lenet_bn", "lenet_relu", "mlp"]
+    assert GROUPS["model"] == ["lenet", "lenet_bn", "lenet_relu", "mlp", "resnet"]
     assert GROUPS["optimizer"] == ["adam", "adamw", "sgd"]
     assert GROUPS["scheduler"] == ["cosine", "none", "one_cycle"]
     assert GROUPS["trainer"] == ["cpu", "ddp", "default", "fast", "gpu"]
@@ -149,6 +149,8 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
     total, _ = count_parameters(build(cfg).net)
     if experiment.startswith("seed_"):
         assert (total, cfg.tags.reference_acc) == SEED_ROWS[experiment]
+    elif experiment == "best":  # the flagship: under 1M parameters
+        assert total == 926_578 and cfg.model._target_.endswith("ResidualCNN")
     else:  # Deep Learning Studio: 80/10/10 of 70k, batch 512, 100 epochs, plain cross-entropy
         assert (cfg.data.split, cfg.data.batch_size, cfg.trainer.max_epochs) == (
             "random_80_10_10",
@@ -159,7 +161,7 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
 
 
 def test_experiment_list():
-    assert sorted(["dls", *SEED_ROWS]) == EXPERIMENTS
+    assert sorted(["best", "dls", *SEED_ROWS]) == EXPERIMENTS
 
 
 def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():

@@ -149,6 +149,58 @@ class LeNet(nn.Module):
         return self.head(self.features(x))
 
 
+def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 conv (no bias: BatchNorm has one) -> BatchNorm -> ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Residual(nn.Module):
+    """x + two conv_bn layers of the same width."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(width, width), conv_bn(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualCNN(nn.Module):
+    """A small ResNet-9-style network (as in the CIFAR-10 speedruns), sized for 28x28 grayscale:
+    stem -> [conv, pool, residual] -> [conv, pool] -> [conv, pool, residual] -> global max-pool -> fc.
+    widths (24, 48, 96, 192): 926,578 parameters."""
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (24, 48, 96, 192),
+        dropout: float = 0.0,
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        if len(widths) != 4 or not all(isinstance(w, int) and w > 0 for w in widths):
+            raise ConfigError(
+                f"model.widths={list(widths)!r} must be four positive ints (stem, stage 1-3)."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout={dropout!r} must be in [0, 1) (0 = no dropout).")
+        w0, w1, w2, w3 = widths
+        self.layers = nn.Sequential(
+            conv_bn(1, w0),
+            conv_bn(w0, w1), nn.MaxPool2d(2), Residual(w1),  # 14x14
+            conv_bn(w1, w2), nn.MaxPool2d(2),  # 7x7
+            conv_bn(w2, w3), nn.MaxPool2d(2), Residual(w3),  # 3x3
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(w3, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(total, trainable) parameter counts."""
     total = sum(p.numel() for p in module.parameters())
