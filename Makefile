@@ -10,24 +10,27 @@ STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data browser train test lint report ui serve predict bench screenshot clean distclean
+.PHONY: help setup data browser train test lint report ui serve predict bench screenshot tracking-server clean distclean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed data browser  ## .venv + the package (editable, dev + optuna extras) + the dataset + chromium
+setup: $(VENV)/.installed data browser postgres  ## .venv + the package (editable, dev/optuna/server extras) + dataset + chromium + postgresql
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,optuna]"
+	$(PY) -m pip install -q -e ".[dev,optuna,server]"
 	touch $@
 
 data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
 	@PY=$(PY) scripts/get_data.sh
 
 browser:  ## chromium + chromedriver from Debian, for the web app's browser test (skipped without them)
-	@scripts/get_browser.sh
+	@scripts/apt_install.sh "the browser test" "command -v chromium && command -v chromedriver" chromium chromium-driver
+
+postgres:  ## Debian's postgresql, for the shared tracking server and its test (skipped without it)
+	@scripts/apt_install.sh "the tracking-server test" "ls /usr/lib/postgresql/*/bin/initdb" postgresql
 
 train: setup  ## the main job: LeNet+BN on Fashion-MNIST, tracked in MLflow (ARGS="..." for overrides)
 	$(PY) -m fmnist_exp $(ARGS)
@@ -54,6 +57,9 @@ bench: setup  ## framework vs plain PyTorch loop, s/epoch and ratio (ARGS="--dev
 
 screenshot: setup  ## docs/serve_page.png, taken by the browser test
 	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser
+
+tracking-server: $(VENV)/.installed  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
+	PY=$(PY) PORT=$(or $(SERVER_PORT),5001) scripts/tracking_server.sh start
 
 ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
 	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)

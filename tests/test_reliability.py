@@ -207,3 +207,75 @@ def test_an_unreachable_tracking_server_fails_fast(tmp_path, real_data_dir):
         and f"tracking server http://127.0.0.1:{port} does not answer" in done.stderr
     )
     assert time.monotonic() - started < 60  # no minutes of retries
+
+
+POSTGRES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+@pytest.mark.skipif(
+    not POSTGRES,
+    reason="needs Debian's postgresql (`make setup` installs it where apt-get runs as root)",
+)
+def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
+    pytest.importorskip(
+        "psycopg2", reason="needs psycopg2-binary (the `server` extra; make setup installs it)"
+    )
+    import shutil
+    import socket
+    import tempfile
+
+    import requests
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    home = Path(tempfile.mkdtemp(prefix="fmnist-server-", dir="/tmp"))
+    home.chmod(0o755)  # the postgres user must reach its data folder
+    env = {
+        **os.environ,
+        "DIR": str(home),
+        "PORT": str(ports[0]),
+        "PGPORT": str(ports[1]),
+        "PY": sys.executable,
+    }
+    server = subprocess.Popen([str(REPO / "scripts" / "tracking_server.sh")], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{ports[0]}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the tracking server did not start"
+            try:
+                if requests.get(f"{uri}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=1,2,3,4",
+                       "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                       "trainer.limit_test_batches=1", f"data.data_dir={real_data_dir}",
+                       f"hydra.sweep.dir={home}/sweep", env={"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
+                       timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name("fashion-mnist")
+        children = [
+            r
+            for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("sweep") != "parent"
+        ]
+        assert sorted(int(r.data.params["seed"]) for r in children) == [1, 2, 3, 4]
+        for run in children:
+            assert run.info.status == "FINISHED" and {"test/acc", "val/acc", "train/loss"} <= set(
+                run.data.metrics
+            )
+            assert any(
+                a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id)
+            )  # via the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        subprocess.run([str(REPO / "scripts" / "tracking_server.sh"), "stop"], env=env, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)

@@ -255,6 +255,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         f"run {run_id}  test/acc={results['test/acc']:.4f}  params={params_total:,}  "
         f"epochs={results['epochs']}  wall={results['time/total_s']:.1f}s  "
         f"outputs={output_dir}\n"
-        f"compare runs: make ui  (or: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri})"
+        + (
+            f"compare runs: {cfg.mlflow.tracking_uri}"
+            if cfg.mlflow.tracking_uri.startswith(("http://", "https://"))
+            else f"compare runs: make ui  (or: mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri})"
+        )
     )
     return results

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# A shared MLflow tracking server on 127.0.0.1 with a PostgreSQL backend (Debian's `postgresql`):
+#   make tracking-server          # or: scripts/tracking_server.sh [start|stop]
+#   MLFLOW_TRACKING_URI=http://127.0.0.1:5001 python -m fmnist_exp --multirun ...   # in every job
+# Everything lives in $DIR (default mlruns/server): postgres/ (the database cluster, trust auth on
+# 127.0.0.1 only), artifacts/ (served by the tracking server), *.log. For a team, run it on a shared host
+# with HOST=0.0.0.0 behind your network's access control, or point --backend-store-uri at your own
+# PostgreSQL. Needs: apt-get install postgresql; pip install psycopg2-binary (the `server` extra).
+set -euo pipefail
+ACTION=${1:-start}
+DIR=$(realpath -m "${DIR:-mlruns/server}")
+HOST=${HOST:-127.0.0.1}; PORT=${PORT:-5001}; PGPORT=${PGPORT:-5433}
+PY=${PY:-.venv/bin/python}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$PGBIN" ]; then
+  echo "error: PostgreSQL is not installed (looked in /usr/lib/postgresql/*/bin). Run: apt-get install postgresql" >&2
+  exit 2
+fi
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }  # initdb refuses root
+
+if [ "$ACTION" = stop ]; then
+  as_postgres "$PGBIN/pg_ctl" -D "$DIR/postgres" -m fast stop || true
+  exit 0
+fi
+mkdir -p "$DIR/artifacts"
+if [ ! -f "$DIR/postgres/PG_VERSION" ]; then
+  mkdir -p "$DIR/postgres"
+  [ "$(id -u)" = 0 ] && chown postgres "$DIR/postgres"
+  as_postgres "$PGBIN/initdb" -D "$DIR/postgres" -U mlflow --auth=trust >"$DIR/initdb.log"
+fi
+if ! as_postgres "$PGBIN/pg_ctl" -D "$DIR/postgres" status >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] && touch "$DIR/postgres.log" && chown postgres "$DIR/postgres.log"
+  as_postgres "$PGBIN/pg_ctl" -D "$DIR/postgres" -l "$DIR/postgres.log" -w \
+    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -k /tmp" start >/dev/null
+fi
+"$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U mlflow mlflow 2>/dev/null || true  # exists: fine
+echo "PostgreSQL on 127.0.0.1:$PGPORT ($DIR/postgres); MLflow server on http://$HOST:$PORT"
+echo "use it: export MLFLOW_TRACKING_URI=http://$HOST:$PORT   (stop the database: $0 stop)"
+exec "$PY" -m mlflow server --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PGPORT/mlflow" \
+  --artifacts-destination "$DIR/artifacts" --host "$HOST" --port "$PORT"
