@@ -34,6 +34,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from record import record  # noqa: E402  (scripts/record.py)
+
 from fmnist_exp.classifier import build  # noqa: E402
 from fmnist_exp.models import Normalize  # noqa: E402
 from fmnist_exp.paths import config_dir, register_resolvers  # noqa: E402
@@ -165,15 +167,6 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def record(rows: list[str]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if MARKER not in text:
-        raise SystemExit(f"{path}: the line {MARKER!r} marks where rows go; it is missing.")
-    path.write_text(text.replace(MARKER, "\n".join(rows) + "\n" + MARKER))
-    print(f"added {len(rows)} row(s) to {path}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,7 +207,7 @@ def main() -> None:
             )
             print(f"final test/acc (best val checkpoint) {results['test/acc']:.4f}")
             if args.record:
-                record([f"| {date.today()} | {device_name(device)} | `{command}` | time to accuracy | "
+                record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | time to accuracy | "
                         f"{' / '.join(cells)} (90/92/94%); best-checkpoint test acc {results['test/acc']:.4f} |"])  # fmt: skip
             return
 
@@ -241,7 +234,7 @@ def main() -> None:
         )
     print(f"framework / plain loop, per epoch: {ratio:.3f}")
     if args.record:
-        record([f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+        record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
                 f"{args.epochs} epochs, {args.precision} | plain {median(plain['epochs_s']):.2f} s/epoch, "
                 f"framework {median(clock.epochs_s):.2f} s/epoch: **ratio {ratio:.3f}**; start-up "
                 f"{plain['startup_s']:.1f} s vs {clock.startup_s:.1f} s |"])  # fmt: skip

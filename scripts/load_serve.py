@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- load_serve.py --record adds rows above this line -->"
 sys.path.insert(0, str(ROOT / "src"))
+from record import record  # noqa: E402  (scripts/record.py)
+
 from fmnist_exp import inference  # noqa: E402
 from fmnist_exp.dataset import DEBIAN_DIR, read_idx  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri  # noqa: E402
@@ -40,28 +43,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(
-    command: list[str], health_url: str, env: dict, timeout_s: float = 180
-) -> subprocess.Popen:
+@contextmanager
+def serving(command: list[str], health_url: str, env: dict, timeout_s: float = 180):
+    """Run a server for the duration of the block, once it answers health_url."""
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(
-                f"server exited ({process.returncode}): {' '.join(command)}\n{process.stderr.read()[-2000:]}"
-            )
-        try:
-            if requests.get(health_url, timeout=1).ok:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(
-        f"server did not answer {health_url} within {timeout_s:.0f}s: {' '.join(command)}"
-    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(
+                    f"server exited ({process.returncode}): {' '.join(command)}\n{process.stderr.read()[-2000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"server did not answer {health_url} within {timeout_s:.0f}s: {' '.join(command)}"
+                )
+            try:
+                if requests.get(health_url, timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def hammer(send, n: int, concurrency: int) -> dict[str, float]:
@@ -114,10 +121,11 @@ def main() -> None:
     env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri}
 
     ours_port, mlflow_port = free_port(), free_port()
-    ours = start([sys.executable, "-m", "fmnist_exp.serve", f"model_uri={model_uri}", f"port={ours_port}"],
-                 f"http://127.0.0.1:{ours_port}/health", env)  # fmt: skip
+    ours = [sys.executable, "-m", "fmnist_exp.serve", f"model_uri={model_uri}", f"port={ours_port}"]
+    theirs = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)]  # fmt: skip
     results = {}
-    try:
+    with serving(ours, f"http://127.0.0.1:{ours_port}/health", env):
         url = f"http://127.0.0.1:{ours_port}"
         results["fmnist_exp.serve  POST /predict/pixels (JSON)"] = hammer(
             lambda s: s.post(f"{url}/predict/pixels", data=body, headers=headers),
@@ -129,21 +137,13 @@ def main() -> None:
             args.requests,
             args.concurrency,
         )
-    finally:
-        ours.terminate()
-        ours.wait()
-    server = start([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                    "-h", "127.0.0.1", "-p", str(mlflow_port)], f"http://127.0.0.1:{mlflow_port}/ping", env)  # fmt: skip
-    try:
+    with serving(theirs, f"http://127.0.0.1:{mlflow_port}/ping", env):
         url = f"http://127.0.0.1:{mlflow_port}"
         results["mlflow models serve  POST /invocations (JSON)"] = hammer(
             lambda s: s.post(f"{url}/invocations", data=body, headers=headers),
             args.requests,
             args.concurrency,
         )
-    finally:
-        server.terminate()
-        server.wait()
 
     base = results["mlflow models serve  POST /invocations (JSON)"]["req_per_s"]
     print(
@@ -159,12 +159,7 @@ def main() -> None:
         machine = f"{platform.machine()}, {os.cpu_count()} cores, CPU"
         lines = [f"| {date.today()} | {machine} | `{command}` | {name} | {r['req_per_s']:.1f} | "
                  f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for name, r in results.items()]  # fmt: skip
-        path = ROOT / "docs" / "benchmarks.md"
-        text = path.read_text()
-        if MARKER not in text:
-            raise SystemExit(f"{path}: the line {MARKER!r} marks where rows go; it is missing.")
-        path.write_text(text.replace(MARKER, "\n".join(lines) + "\n" + MARKER))
-        print(f"added {len(lines)} rows to {path}")
+        record(MARKER, lines)
 
 
 if __name__ == "__main__":
