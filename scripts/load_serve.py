@@ -118,7 +118,13 @@ def main() -> None:
     png = io.BytesIO()
     Image.fromarray(images[0]).save(png, format="PNG")
     headers = {"Content-Type": "application/json"}
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri}
+    env = (
+        os.environ
+        | {  # mlflow models serve execs `uvicorn` by name: put this venv's bin/ on PATH
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
 
     ours_port, mlflow_port = free_port(), free_port()
     ours = [sys.executable, "-m", "fmnist_exp.serve", f"model_uri={model_uri}", f"port={ours_port}"]

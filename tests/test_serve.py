@@ -21,6 +21,9 @@ from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.serve import create_app
 
 REPO = Path(__file__).resolve().parents[1]
+# `mlflow models serve` execs `uvicorn` by name: the venv's bin/ must be on PATH even when the venv
+# is not activated (make test runs .venv/bin/python directly).
+VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -123,7 +126,7 @@ def free_port() -> int:
 
 def start_server(command: list[str], url: str, tracking_uri: str, timeout_s: float = 120):
     process = subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": VENV_PATH},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + timeout_s
