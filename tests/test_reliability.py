@@ -47,10 +47,12 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 180) -> N
 
 
 def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_path, real_data_dir):
-    common = [*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
+    # epochs long enough (~2 s on a fast CPU) that the kill lands inside the second one
+    common = [*SHORT, "trainer.limit_train_batches=150", f"data.data_dir={real_data_dir}",
+              f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
     process = start([*common, f"hydra.run.dir={tmp_path}/run"])
     wait_for(tmp_path / "run" / "checkpoints" / "epoch000.ckpt", process)
-    time.sleep(1.0)  # into the second epoch
+    time.sleep(0.3)  # into the second epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
     (killed,) = runs(tmp_path)
@@ -66,8 +68,9 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
         assert len(steps) == 3 and len(set(steps)) == 3  # each epoch exactly once
 
     straight = tmp_path / "straight"  # the same run, never interrupted
-    done = run_cli(*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(straight)}",
-                   f"hydra.run.dir={straight}/run")  # fmt: skip
+    done = run_cli(
+        *common[:-1], f"mlflow.tracking_uri={store(straight)}", f"hydra.run.dir={straight}/run"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (uninterrupted,) = runs(straight)
     assert abs(run.data.metrics["test/acc"] - uninterrupted.data.metrics["test/acc"]) < 0.02
