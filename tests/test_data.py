@@ -244,6 +244,8 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
         ({"val_size": 60000}, "data.val_size"),
         ({"augment": {"rotate": 10}}, "data.augment.rotate"),
         ({"augment": {"erase_prob": 1.5}}, "data.augment.erase_prob"),
+        ({"augment": {"crop_padding": -2}}, "data.augment.crop_padding"),
+        ({"augment": {"hflip": "maybe"}}, "data.augment.hflip"),
     ],
 )
 def test_bad_data_config_names_the_key(kwargs, key):

@@ -71,8 +71,8 @@ class TensorBatches:
             order = order[self.rank :: self.world_size][: self._count()]
         for start in range(0, self._count(), size):
             if order is None:  # in order, one process: plain slices, no copy
-                idx = torch.arange(start, min(start + size, n), device=device)
-                x, y = self.images[start : start + size], self.labels[start : start + size]
+                idx = slice(start, start + size)
+                x, y = self.images[idx], self.labels[idx]
             else:
                 idx = order[start : start + size]
                 x, y = self.images[idx], self.labels[idx]
@@ -115,9 +115,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 f"data.augment.{unknown[0]} is not an augmentation; the switches are "
                 f"{', '.join(AUGMENTATIONS)} (conf/data/fashion_mnist.yaml)."
             )
-        prob = augment.get("erase_prob", 0.0)
-        if not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
-            raise ConfigError(f"data.augment.erase_prob={prob!r} must be a probability in [0, 1].")
+        for key, ok, what in (
+            ("hflip", lambda v: isinstance(v, bool), "true or false"),
+            ("crop_padding", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+             "a whole number of pixels >= 0 (0 = off)"),
+            ("erase_prob", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+             and 0 <= v <= 1, "a probability in [0, 1]"),
+        ):  # fmt: skip
+            if key in augment and not ok(augment[key]):
+                raise ConfigError(f"data.augment.{key}={augment[key]!r} must be {what}.")
         self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

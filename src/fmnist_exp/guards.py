@@ -68,7 +68,8 @@ class FiniteLossGuard(L.Callback):
 
 
 class StopOnSignal(L.Callback):
-    """Installed for the life of the run (`with StopOnSignal(dir) as stop:`); restores the old handlers."""
+    """Handlers installed by __enter__ for the life of the MLflow run (train() calls __enter__ when
+    the run exists and __exit__ in its `finally`); the old handlers come back afterwards."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
