@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError
@@ -167,9 +168,10 @@ def test_experiment_list():
 def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
     plain, dropped = (
         LeNet(channels=32, kernel_size=3, batch_norm=True),
-        LeNet(channels=32, kernel_size=3, batch_norm=True, dropout=0.5),
+        LeNet(channels=32, kernel_size=3, batch_norm=True, dropout=0.5, feature_dropout=0.25),
     )
     assert count_parameters(plain) == count_parameters(dropped) == (306_622, 306_622)
+    assert [type(m) for m in list(dropped.head)[:3]] == [nn.Flatten, nn.Dropout, nn.Linear]
     x = torch.randn(8, 1, 28, 28)
     dropped.train()
     assert not torch.equal(dropped(x), dropped(x))  # random masks
@@ -177,6 +179,8 @@ def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
     assert torch.equal(dropped(x), dropped(x))
     with pytest.raises(ConfigError, match="model.dropout"):
         LeNet(dropout=1.0)
+    with pytest.raises(ConfigError, match="model.feature_dropout=-0.1"):
+        LeNet(feature_dropout=-0.1)
 
 
 def test_flip_tta_averages_an_image_and_its_mirror_at_evaluation_only():

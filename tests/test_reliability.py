@@ -11,6 +11,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import REPO, run_cli
+from omegaconf import open_dict
+
+from fmnist_exp import report, resume
+from fmnist_exp.sweep import PARENT_FILE
 
 pytestmark = pytest.mark.slow
 SHORT = ["trainer=fast", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
@@ -144,6 +148,11 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
         after["6"].info.run_id == before["6"].info.run_id and after["6"].info.status == "FINISHED"
     )
     assert len(history(tmp_path, after["6"].info.run_id, "val/acc")) == 3
+    # The second sweep's report holds both jobs: the one it finished and the one it reused.
+    second = (tmp_path / "second" / PARENT_FILE).read_text().strip()
+    table = report.build_table(report.select_runs(store(tmp_path), "fashion-mnist", second, "")[0])
+    assert sorted(table.status) == ["FINISHED", "FINISHED (reused)"]
+    assert set(table.run_id) == {after["4"].info.run_id, after["6"].info.run_id}
 
 
 def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_dir):
@@ -282,3 +291,16 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
         server.wait(timeout=30)
         subprocess.run([str(REPO / "scripts" / "tracking_server.sh"), "stop"], env=env, timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_key_added_later_keeps_older_runs_matching_at_its_neutral_value(make_config):
+    """skip_finished compares config hashes: model.feature_dropout (added after the seed-table
+    sweep) left at 0 must hash like a config from before it existed, and any other value must not."""
+    cfg = make_config("experiment=seed_lenet_bn")
+    older = cfg.copy()
+    with open_dict(older):
+        del older.model.feature_dropout
+    assert resume.config_hash(cfg) == resume.config_hash(older)
+    assert resume.config_hash(
+        make_config("experiment=seed_lenet_bn", "model.feature_dropout=0.25")
+    ) != resume.config_hash(cfg)

@@ -44,10 +44,14 @@ class Classifier(L.LightningModule):
         self.net = nn.Sequential(
             Normalize(mean, std), FlipAveraged(network) if tta_hflip else network
         )
-        self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
-        self.test_confusion = MulticlassConfusionMatrix(NUM_CLASSES)
+
+        # validate_args=False: the inputs are our own logits and labels, and the checks (torch.unique
+        # on the labels) would cost a host sync per step.
+        def accuracy() -> MulticlassAccuracy:
+            return MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
+
+        self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
+        self.test_confusion = MulticlassConfusionMatrix(NUM_CLASSES, validate_args=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw pixels [N, 1, 28, 28] (uint8 or float 0..255) -> logits [N, 10]."""
@@ -58,24 +62,25 @@ class Classifier(L.LightningModule):
         logits = self(images)
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing), logits
 
-    # Metrics accumulate on the device and are reduced once per epoch: no per-step host sync.
+    # Metrics accumulate on the device (update(), not the metric's forward, which would also compute
+    # a per-batch value nobody reads) and are reduced once per epoch: no per-step host sync.
     # sync_dist averages the epoch losses over DDP processes (a no-op in one process).
     def training_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
-        self.train_acc(logits, batch[1])
+        self.train_acc.update(logits, batch[1])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
-        self.val_acc(logits, batch[1])
+        self.val_acc.update(logits, batch[1])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
-        self.test_acc(logits, batch[1])
+        self.test_acc.update(logits, batch[1])
         self.test_confusion.update(logits, batch[1])
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/acc", self.test_acc)

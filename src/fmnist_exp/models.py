@@ -57,9 +57,15 @@ class Normalize(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
+def _check_rate(rate: float, key: str) -> float:
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{key}={rate!r} must be in [0, 1) (0 = no dropout).")
+    return rate
+
+
 class Dense(nn.Sequential):
-    """flatten -> (linear -> activation -> dropout) per hidden width -> linear to the classes.
-    Dropout has no parameters: any rate keeps the parameter count."""
+    """flatten -> (dropout) -> (linear -> activation -> dropout) per hidden width -> linear to the
+    classes. Dropout has no parameters: any rate keeps the parameter count."""
 
     def __init__(
         self,
@@ -68,11 +74,13 @@ class Dense(nn.Sequential):
         act: type[nn.Module],
         num_classes: int,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ):
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout!r} must be in [0, 1) (0 = no dropout).")
+        _check_rate(dropout, "model.dropout")
         widths = [n_in, *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
+        if _check_rate(input_dropout, "model.feature_dropout") > 0:
+            layers.append(nn.Dropout(input_dropout))
         for w_in, w_out in zip(widths, widths[1:], strict=False):
             layers += [nn.Linear(w_in, w_out), act()]
             layers += [nn.Dropout(dropout)] if dropout > 0 else []
@@ -123,6 +131,7 @@ class LeNet(nn.Module):
         batch_norm: bool = False,
         hidden: Sequence[int] = (120, 84),
         dropout: float = 0.0,
+        feature_dropout: float = 0.0,
         num_classes: int = 10,
     ):
         super().__init__()
@@ -143,7 +152,7 @@ class LeNet(nn.Module):
         self.features = nn.Sequential(
             ConvBlock(1, c1, k1, 1, act, batch_norm), ConvBlock(c1, c2, k2, 0, act, batch_norm)
         )
-        self.head = Dense(c2 * size * size, hidden, act, num_classes, dropout)
+        self.head = Dense(c2 * size * size, hidden, act, num_classes, dropout, feature_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

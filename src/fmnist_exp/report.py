@@ -17,6 +17,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fmnist_exp import cli  # noqa: E402
+from fmnist_exp import sweep as sweep_runs  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
 
@@ -40,7 +41,8 @@ def parse(argv: list[str]) -> dict[str, str]:
 def select_runs(
     uri: str, experiment: str, sweep: str, filter_string: str
 ) -> tuple[pd.DataFrame, str | None]:
-    """(runs, parent run id): a sweep's children, or with filter= and no sweep=, any runs."""
+    """(runs, parent run id): a sweep's runs (the jobs it trained and the earlier FINISHED runs it
+    reused with skip_finished=true), or with filter= and no sweep=, any runs."""
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -60,10 +62,20 @@ def select_runs(
             parent_id = parents[0].info.run_id
         else:
             parent_id = sweep
-        clause = f"tags.`mlflow.parentRunId` = '{parent_id}'"
-        filter_string = f"{clause} and {filter_string}" if filter_string else clause
     mlflow.set_tracking_uri(uri)  # mlflow.search_runs (the pandas one) reads the global store
-    runs = mlflow.search_runs(ids, filter_string=filter_string, output_format="pandas")
+
+    def search(clause: str) -> pd.DataFrame:
+        return mlflow.search_runs(ids, filter_string=" and ".join(filter(None, [clause, filter_string])),
+                                  output_format="pandas")  # fmt: skip
+
+    if parent_id:  # the jobs it trained, plus the finished runs it reused (skip_finished=true)
+        trained = search(sweep_runs.child_filter(parent_id))
+        reused = search(sweep_runs.reused_filter(parent_id)).assign(status="FINISHED (reused)")
+        runs = pd.concat(
+            [f for f in (trained, reused) if not f.empty] or [trained], ignore_index=True
+        )
+    else:
+        runs = search("")
     if "tags.sweep" in runs:
         runs = runs[runs["tags.sweep"] != "parent"]
     if runs.empty:

@@ -21,6 +21,9 @@ from fmnist_exp.errors import UserError
 NOT_PART_OF_THE_EXPERIMENT = ("paths", "mlflow", "resume", "skip_finished")
 TRAINER_COSMETICS = ("enable_progress_bar", "enable_model_summary", "default_root_dir")
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
+# Keys added after runs were recorded, with the value that trains exactly as before the key existed:
+# at that value they stay out of the hash, so older FINISHED runs still count for skip_finished.
+ADDED_LATER = {("model", "feature_dropout"): 0.0}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -29,6 +32,9 @@ def config_hash(cfg: DictConfig) -> str:
         plain.pop(key, None)
     for key in TRAINER_COSMETICS:
         plain.get("trainer", {}).pop(key, None)
+    for (group, key), neutral in ADDED_LATER.items():
+        if group in plain and plain[group].get(key, neutral) == neutral:
+            plain[group].pop(key, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

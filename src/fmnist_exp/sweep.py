@@ -21,6 +21,20 @@ from fmnist_exp import tracking
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
+REUSED_TAG = (
+    "sweep.reused_in.{parent}"  # on a FINISHED run that skip_finished=true took as a job's result
+)
+
+
+def child_filter(parent_id: str) -> str:
+    """The runs this sweep trained (its children)."""
+    return f"tags.`mlflow.parentRunId` = '{parent_id}'"
+
+
+def reused_filter(parent_id: str) -> str:
+    """The FINISHED runs of earlier sweeps whose results this one reused (skip_finished=true).
+    One tag per sweep, so a run reused by several sweeps counts in each of them."""
+    return f"tags.`{REUSED_TAG.format(parent=parent_id)}` = 'true'"
 
 
 def in_sweep() -> bool:
@@ -87,22 +101,18 @@ class MLflowSweep(Callback):
         parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
         client = mlflow.MlflowClient(uri)
         parent = client.get_run(parent_id)
-        children = client.search_runs(
-            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
-        )
+        children = client.search_runs([parent.info.experiment_id], child_filter(parent_id))
         failed = [r for r in children if r.info.status != "FINISHED"]
         finished = [r for r in children if r.info.status == "FINISHED"]
-        skipped = client.search_runs(  # skip_finished=true: done before, by an earlier sweep
-            [parent.info.experiment_id], f"tags.`sweep.skipped_in` = '{parent_id}'"
-        )
+        skipped = client.search_runs([parent.info.experiment_id], reused_filter(parent_id))
         summary = {
             "sweep/jobs": len(children) + len(skipped),
             "sweep/finished": len(finished),
             "sweep/failed": len(failed),
             "sweep/skipped": len(skipped),
         }
-        if finished:
-            best = max(finished, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
+        if results := finished + skipped:  # a reused run is this sweep's result for its job
+            best = max(results, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
             summary |= {
                 "best/val_acc": best.data.metrics.get("val/acc_best", float("nan")),
                 "best/test_acc": best.data.metrics.get("test/acc", float("nan")),
@@ -118,7 +128,7 @@ class MLflowSweep(Callback):
             + (f" ({len(skipped)} more skipped: finished before)" if skipped else "")
             + (
                 f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
-                if finished
+                if results
                 else ""
             )
             + f"\nreport: python -m fmnist_exp.report sweep={parent_id}"

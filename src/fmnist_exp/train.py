@@ -78,7 +78,7 @@ def skip_finished_run(cfg: DictConfig, previous: resume.Previous) -> dict[str, f
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     metrics = client.get_run(previous.run_id).data.metrics
     if parent := sweep.job_tags().get("mlflow.parentRunId"):  # the sweep's summary counts it
-        client.set_tag(previous.run_id, "sweep.skipped_in", parent)
+        client.set_tag(previous.run_id, sweep.REUSED_TAG.format(parent=parent), "true")
     print(f"skipped: this config already FINISHED as run {previous.run_id} (skip_finished=true)")
     return {k: metrics[k] for k in ("val/acc_best", "test/acc", "epochs") if k in metrics}
 
