@@ -90,11 +90,11 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
         return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
 
     overrides = col("tags.overrides").fillna("")
-    shared = set.intersection(*(set(o.split()) for o in overrides)) if len(overrides) > 1 else set()
+    shared = set.intersection(*(set(o.lower().split()) for o in overrides)) if len(overrides) > 1 else set()
     table = pd.DataFrame({
         "run": col("run_id").str[:8],
         "model": col("tags.model"),
-        "overrides": [" ".join(t for t in o.split() if t not in shared) for o in overrides],  # what varies
+        "overrides": [" ".join(t for t in o.split() if t.lower() not in shared) for o in overrides],  # what varies
         "params": pd.to_numeric(col("metrics.model/params_total")).astype("Int64"),
         "best_val_acc": pd.to_numeric(col("metrics.val/acc_best")),
         "test_acc": pd.to_numeric(col("metrics.test/acc")),
