@@ -90,7 +90,11 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
         return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
 
     overrides = col("tags.overrides").fillna("")
-    shared = set.intersection(*(set(o.lower().split()) for o in overrides)) if len(overrides) > 1 else set()
+    shared = (
+        set.intersection(*(set(o.lower().split()) for o in overrides))
+        if len(overrides) > 1
+        else set()
+    )
     table = pd.DataFrame({
         "run": col("run_id").str[:8],
         "model": col("tags.model"),

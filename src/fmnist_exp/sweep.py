@@ -125,7 +125,11 @@ class MLflowSweep(Callback):
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         print(
             f"sweep {parent_id}: {len(finished)} of {len(children)} jobs finished"
-            + (f", and {len(skipped)} reused (FINISHED before; skip_finished=true)" if skipped else "")
+            + (
+                f", and {len(skipped)} reused (FINISHED before; skip_finished=true)"
+                if skipped
+                else ""
+            )
             + (
                 f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
                 if results
