@@ -111,20 +111,27 @@ def plain_loop(cfg, device: torch.device, precision: str) -> dict:
 
 
 class EpochClock(L.Callback):
-    """Start-up (train() called -> first epoch starts) and each epoch's time (train + validation)."""
+    """Start-up (train() called -> first epoch starts) and each epoch's time: from its start to the
+    next epoch's start (the last one: to the end of training), so the epoch-end work Lightning does
+    after the callbacks (checkpoints, the MLflow write) is inside the clock."""
 
     def __init__(self, started: float):
-        self.started, self.startup_s, self.epochs_s, self.t0 = started, None, [], 0.0
+        self.started, self.startup_s, self.epochs_s, self.t0 = started, None, [], None
+
+    def _tick(self, pl_module) -> None:
+        sync(pl_module.device)
+        now = time.perf_counter()
+        if self.t0 is not None:
+            self.epochs_s.append(now - self.t0)
+        self.t0 = now
 
     def on_train_epoch_start(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.t0 = time.perf_counter()
         if self.startup_s is None:
-            self.startup_s = self.t0 - self.started
+            self.startup_s = time.perf_counter() - self.started
+        self._tick(pl_module)
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.epochs_s.append(time.perf_counter() - self.t0)
+    def on_train_end(self, trainer, pl_module):
+        self._tick(pl_module)
 
 
 class TimeToAccuracy(L.Callback):
