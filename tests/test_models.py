@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from fmnist_exp.classifier import Classifier
+from fmnist_exp.classifier import build as build_network
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.models import FlipAveraged, LeNet, count_parameters
 from fmnist_exp.paths import config_dir
@@ -181,6 +182,17 @@ def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
         LeNet(dropout=1.0)
     with pytest.raises(ConfigError, match="model.feature_dropout=-0.1"):
         LeNet(feature_dropout=-0.1)
+    with pytest.raises(ConfigError, match="model.feature_dropout='high'"):
+        LeNet(feature_dropout="high")
+
+
+def test_an_option_the_model_does_not_have_names_the_key_and_the_options():
+    with pytest.raises(
+        ConfigError, match="model.feature_dropout is not an option of MLP; its options are hidden"
+    ):
+        build_network(
+            {"_target_": "fmnist_exp.models.MLP", "feature_dropout": 0.2, "compile": False}
+        )
 
 
 def test_flip_tta_averages_an_image_and_its_mirror_at_evaluation_only():

@@ -4,6 +4,8 @@ It is built from plain dicts (the resolved `model`, `optimizer` and `scheduler` 
 saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact network.
 """
 
+import inspect
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from hydra.utils import get_object, instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from fmnist_exp.errors import ConfigError
 from fmnist_exp.models import FlipAveraged, Normalize
 
 NUM_CLASSES = 10
@@ -23,7 +26,15 @@ def build(spec: dict) -> nn.Module:
     """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module. Unlike hydra's instantiate,
     a ConfigError raised by the constructor reaches the caller unwrapped."""
     kwargs = {k: v for k, v in spec.items() if k not in SPEED_KEYS}
-    return get_object(kwargs.pop("_target_"))(**kwargs)
+    network = get_object(kwargs.pop("_target_"))
+    options = inspect.signature(network).parameters
+    if unknown := sorted(set(kwargs) - set(options)):
+        raise ConfigError(
+            f"model.{unknown[0]} is not an option of {network.__name__}; its options are "
+            f"{', '.join(options)} (and {', '.join(SPEED_KEYS)}). Drop the override or pick a model "
+            f"that has it (conf/model/)."
+        )
+    return network(**kwargs)
 
 
 class Classifier(L.LightningModule):

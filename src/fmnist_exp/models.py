@@ -58,7 +58,7 @@ class Normalize(nn.Module):
 
 
 def _check_rate(rate: float, key: str) -> float:
-    if not 0.0 <= rate < 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise ConfigError(f"{key}={rate!r} must be in [0, 1) (0 = no dropout).")
     return rate
 

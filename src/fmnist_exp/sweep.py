@@ -21,9 +21,8 @@ from fmnist_exp import tracking
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
-REUSED_TAG = (
-    "sweep.reused_in.{parent}"  # on a FINISHED run that skip_finished=true took as a job's result
-)
+# On a FINISHED run that a skip_finished=true sweep took as one job's result:
+REUSED_TAG = "sweep.reused_in.{parent}"
 
 
 def child_filter(parent_id: str) -> str:
