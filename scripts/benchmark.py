@@ -1,21 +1,26 @@
 """Seconds per epoch: a plain PyTorch loop vs the framework, same model, data, batch, optimiser,
-device and epochs, one after the other in one invocation (these machines are noisy: only the ratio
-measured side by side means much). Also time to accuracy for a recipe.
+device and epochs, in one invocation (these machines are noisy: only the ratio measured side by side
+means much). They alternate, plain/framework then framework/plain, for --rounds rounds; each round
+gives a ratio, and the result is their median, so a slow spell of the machine lands on both sides.
+Also time to accuracy for a recipe.
 
-    python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 4 epochs (= make bench)
+    python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
+    python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
     python scripts/benchmark.py --time-to-accuracy experiment=seed_lenet_bn_c32_k33
     ... --record                                      # add the result rows to docs/benchmarks.md
 
 Per-epoch time is training plus the validation pass, from the start of the epoch to its end (a
-device sync at both ends), median over epochs 2..N (epoch 1 pays for warm-up). Start-up (reading
+device sync at both ends), median over epochs 2..N of a run (epoch 1 pays for warm-up). Start-up (reading
 the data, building the model; for the framework also the MLflow run and the Trainer) is reported
 separately. The framework runs exactly as `python -m fmnist_exp` would (train(cfg): checkpoints,
 MLflow logging per epoch), with scheduler=none so the plain loop needs no schedule of its own.
 """
 
 import argparse
+import cProfile
 import platform
+import pstats
 import statistics
 import sys
 import tempfile
@@ -64,7 +69,8 @@ def config(overrides: list[str], workdir: Path):
 # --- the reference: a plain PyTorch loop -----------------------------------------------------------
 
 
-def plain_loop(cfg, device: torch.device, precision: str) -> dict:
+def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
+    """profile: a cProfile.Profile to run over epochs 2..N (for --calls)."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data)
@@ -81,7 +87,9 @@ def plain_loop(cfg, device: torch.device, precision: str) -> dict:
     sync(device)
     startup = time.perf_counter() - started
     epochs = []
-    for _ in range(cfg.trainer.max_epochs):
+    for epoch in range(cfg.trainer.max_epochs):
+        if profile and epoch == 1:
+            profile.enable()
         sync(device)
         t0 = time.perf_counter()
         net.train()
@@ -104,7 +112,10 @@ def plain_loop(cfg, device: torch.device, precision: str) -> dict:
         val_acc = correct.item() / len(y_val)  # the one host sync per epoch
         sync(device)
         epochs.append(time.perf_counter() - t0)
-    return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc}
+    if profile:
+        profile.disable()
+    steps = -(-n // batch)
+    return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc, "steps": steps}
 
 
 # --- the framework, timed from the inside ------------------------------------------------------------
@@ -113,10 +124,12 @@ def plain_loop(cfg, device: torch.device, precision: str) -> dict:
 class EpochClock(L.Callback):
     """Start-up (train() called -> first epoch starts) and each epoch's time: from its start to the
     next epoch's start (the last one: to the end of training), so the epoch-end work Lightning does
-    after the callbacks (checkpoints, the MLflow write) is inside the clock."""
+    after the callbacks (checkpoints, the MLflow write) is inside the clock. profile: a
+    cProfile.Profile to run over epochs 2..N, as in plain_loop."""
 
-    def __init__(self, started: float):
+    def __init__(self, started: float, profile=None):
         self.started, self.startup_s, self.epochs_s, self.t0 = started, None, [], None
+        self.profile = profile
 
     def _tick(self, pl_module) -> None:
         sync(pl_module.device)
@@ -129,9 +142,13 @@ class EpochClock(L.Callback):
         if self.startup_s is None:
             self.startup_s = time.perf_counter() - self.started
         self._tick(pl_module)
+        if self.profile and len(self.epochs_s) == 1:
+            self.profile.enable()
 
     def on_train_end(self, trainer, pl_module):
         self._tick(pl_module)
+        if self.profile:
+            self.profile.disable()
 
 
 class TimeToAccuracy(L.Callback):
@@ -165,6 +182,17 @@ def framework(cfg, callbacks: list[L.Callback]) -> dict:
     return results | {"wall_s": time.perf_counter() - started}
 
 
+def timed(cfg, profile=None) -> dict:
+    """The framework's run, in plain_loop's terms: start-up, each epoch's seconds, val accuracy."""
+    clock = EpochClock(time.perf_counter(), profile)
+    results = framework(cfg, [clock])
+    return {
+        "startup_s": clock.startup_s,
+        "epochs_s": clock.epochs_s,
+        "val_acc": results["val/acc_best"],
+    }
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -180,11 +208,16 @@ def main() -> None:
     )
     parser.add_argument("--model", default="lenet_bn")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the median skips the first")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="plain/framework pairs, order alternating"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
     parser.add_argument("--time-to-accuracy", metavar="OVERRIDE", nargs="+",
                         help="instead: train these overrides (e.g. experiment=seed_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
+    parser.add_argument("--calls", action="store_true",
+                        help="instead: Python function calls per training step (cProfile over epochs 2..N), plain vs framework")  # fmt: skip
     parser.add_argument(
         "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
     )
@@ -220,31 +253,57 @@ def main() -> None:
 
         overrides = [f"model={args.model}", f"data.batch_size={args.batch_size}",
                      f"trainer.max_epochs={args.epochs}", "optimizer=adam", "scheduler=none", *common]  # fmt: skip
-        plain = plain_loop(config(overrides, Path(tmp) / "plain"), device, args.precision)
-        clock = EpochClock(time.perf_counter())
-        ours = framework(config(overrides, Path(tmp) / "framework"), [clock])
+        if args.calls:  # deterministic, unlike seconds: the Python work per training step
+            profiles = {side: cProfile.Profile() for side in ("plain", "framework")}
+            plain = plain_loop(
+                config(overrides, Path(tmp) / "p"), device, args.precision, profiles["plain"]
+            )
+            timed(config(overrides, Path(tmp) / "f"), profiles["framework"])
+            steps = plain["steps"] * (args.epochs - 1)  # epochs 2..N, validation passes included
+            calls = {
+                side: pstats.Stats(prof).total_calls / steps for side, prof in profiles.items()
+            }
+            print(f"{args.model}, batch {args.batch_size}: Python function calls per training step, "
+                  f"epochs 2..{args.epochs}: plain loop {calls['plain']:.0f}, framework {calls['framework']:.0f}")  # fmt: skip
+            if args.record:
+                record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+                        f"{args.epochs} epochs | Python calls per step: plain {calls['plain']:.0f}, framework {calls['framework']:.0f} |"])  # fmt: skip
+            return
+        rounds = []
+        for r in range(args.rounds):  # alternate the order, so drift in the machine's speed cancels
+            pair = {}
+            for side in ("plain", "framework") if r % 2 == 0 else ("framework", "plain"):
+                cfg = config(overrides, Path(tmp) / f"{side}{r}")
+                pair[side] = (
+                    plain_loop(cfg, device, args.precision) if side == "plain" else timed(cfg)
+                )
+            rounds.append(pair)
 
     def median(epochs: list[float]) -> float:
         return statistics.median(epochs[1:] or epochs)
 
-    ratio = median(clock.epochs_s) / median(plain["epochs_s"])
+    ratios = [median(p["framework"]["epochs_s"]) / median(p["plain"]["epochs_s"]) for p in rounds]
+    ratio = statistics.median(ratios)
+    plain_s = statistics.median(median(p["plain"]["epochs_s"]) for p in rounds)
+    ours_s = statistics.median(median(p["framework"]["epochs_s"]) for p in rounds)
+    startups = {side: statistics.median(p[side]["startup_s"] for p in rounds) for side in rounds[0]}
+    print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
+          f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
     print(
-        f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, precision {args.precision}"
+        f"{'round':>5} {'side':10} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s"
     )
-    print(f"{'':12} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s")
-    for name, startup, epochs, acc in (
-        ("plain loop", plain["startup_s"], plain["epochs_s"], plain["val_acc"]),
-        ("framework", clock.startup_s, clock.epochs_s, ours["val/acc_best"]),
-    ):
-        print(
-            f"{name:12} {startup:10.2f} {median(epochs):22.2f} {acc:8.4f}  {' '.join(f'{e:.2f}' for e in epochs)}"
-        )
-    print(f"framework / plain loop, per epoch: {ratio:.3f}")
+    for r, pair in enumerate(rounds, start=1):
+        for side, run in pair.items():
+            print(f"{r:5d} {side:10} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
+                  f"{run['val_acc']:8.4f}  {' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
+        print(f"{r:5d} ratio {ratios[r - 1]:.3f}")
+    print(f"framework / plain loop, per epoch: {ratio:.3f} (median of rounds: "
+          f"{', '.join(f'{x:.3f}' for x in ratios)})")  # fmt: skip
     if args.record:
         record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
-                f"{args.epochs} epochs, {args.precision} | plain {median(plain['epochs_s']):.2f} s/epoch, "
-                f"framework {median(clock.epochs_s):.2f} s/epoch: **ratio {ratio:.3f}**; start-up "
-                f"{plain['startup_s']:.1f} s vs {clock.startup_s:.1f} s |"])  # fmt: skip
+                f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {plain_s:.2f} s/epoch, "
+                f"framework {ours_s:.2f} s/epoch: **ratio {ratio:.3f}** (rounds {', '.join(f'{x:.3f}' for x in ratios)}); "
+                f"start-up {startups['plain']:.1f} s vs {startups['framework']:.1f} s |"])  # fmt: skip
 
 
 if __name__ == "__main__":

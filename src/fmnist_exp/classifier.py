@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.lean import PlainAttributes
 from fmnist_exp.models import FlipAveraged, Normalize
 
 NUM_CLASSES = 10
@@ -37,7 +38,7 @@ def build(spec: dict) -> nn.Module:
     return network(**kwargs)
 
 
-class Classifier(L.LightningModule):
+class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.py
     def __init__(
         self,
         net: dict,

@@ -25,6 +25,7 @@ from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError, UserError, user_error
 from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
+from fmnist_exp.lean import CallbackBundle, QuietProfiler
 from fmnist_exp.models import count_parameters
 from fmnist_exp.paths import check_writable
 
@@ -54,7 +55,9 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
     """lightning.Trainer from the `trainer` group; an accelerator that isn't there (or any other
     setting Lightning rejects) fails here, before the MLflow run exists."""
     try:
-        return instantiate(trainer_cfg, callbacks=callbacks, logger=logger)
+        # a profiler the user names (trainer.profiler=simple) wins over the quiet default
+        quiet = {} if trainer_cfg.get("profiler") else {"profiler": QuietProfiler()}
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, **quiet)
     except Exception as exc:
         if not isinstance(cause := user_error(exc), MisconfigurationException):
             raise
@@ -96,7 +99,8 @@ def continue_config(cfg: DictConfig, previous: resume.Previous) -> DictConfig:
 
 
 def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, float]:
-    """One run. extra_callbacks: more Lightning callbacks (the benchmark times epochs with one)."""
+    """One run. extra_callbacks: more Lightning callbacks that keep no checkpoint state (they join
+    the CallbackBundle; the benchmark times epochs with one)."""
     started = time.perf_counter()
     if cfg.mlflow.register_model and not cfg.mlflow.log_model:
         raise ConfigError(
@@ -150,7 +154,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     )
     history = EpochHistory()
     stop = StopOnSignal(output_dir / "checkpoints")
-    callbacks: list[Callback] = [checkpoint, history, FiniteLossGuard(), stop, *extra_callbacks]
+    ours = CallbackBundle(history, FiniteLossGuard(), stop, *extra_callbacks)  # see lean.py
+    callbacks: list[Callback] = [checkpoint, ours]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     model_name, overrides = describe_run(cfg)
@@ -173,7 +178,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
 
     # From here on the MLflow run exists: it ends FAILED (or KILLED) if anything below raises.
     client, run_id = logger.experiment, logger.run_id
-    trainer.callbacks.append(resume.RunIdInCheckpoints(run_id))
+    ours.add(resume.RunIdInCheckpoints(run_id))
     config_file = output_dir / "config.yaml"
     try:
         stop.__enter__()  # SIGTERM / SIGINT from here on: checkpoint, KILLED
