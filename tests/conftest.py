@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,11 @@ def make_config(tmp_path: Path, real_data_dir: Path):
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
-    """`python -m fmnist_exp ARGS` in a subprocess, as a user would type it."""
+    """`python -m fmnist_exp ARGS` in a subprocess, as a user would type it. Hydra's folders go to a
+    fresh temporary directory unless ARGS name them, so no test writes into the checkout's outputs/."""
+    if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
+        scratch = tempfile.mkdtemp(prefix="fmnist-cli-")
+        args = (*args, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep")
     return subprocess.run(
         [sys.executable, "-m", "fmnist_exp", *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
