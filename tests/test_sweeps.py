@@ -60,7 +60,7 @@ def test_channel_sweep_nests_one_child_per_job(channel_sweep):
         expected = count_parameters(LeNet(channels=channels, activation="relu", batch_norm=True))[0]
         assert child.data.metrics["model/params_total"] == expected
     assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # own dirs
-    assert f"sweep {parent.info.run_id}: 2 of 2 jobs finished" in done.stdout
+    assert f"sweep {parent.info.run_id}: 2 jobs: 2 trained;" in done.stdout
 
 
 def test_report_on_a_sweep(channel_sweep, tmp_path):

@@ -122,15 +122,13 @@ class MLflowSweep(Callback):
         for key, value in summary.items():
             client.log_metric(parent_id, key, value)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        counts = {"trained": len(finished), "failed": len(failed),
+                  "reused (FINISHED before; skip_finished=true)": len(skipped)}  # fmt: skip
         print(
-            f"sweep {parent_id}: {len(finished)} of {len(children)} jobs finished"
+            f"sweep {parent_id}: {summary['sweep/jobs']} jobs: "
+            + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "trained")
             + (
-                f", and {len(skipped)} reused (FINISHED before; skip_finished=true)"
-                if skipped
-                else ""
-            )
-            + (
-                f", best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
+                f"; best val/acc {summary['best/val_acc']:.4f} ({best.data.tags.get('overrides')})"
                 if results
                 else ""
             )
