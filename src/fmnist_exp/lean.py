@@ -16,6 +16,7 @@ scripts/benchmark.py makes 715) without changing what is computed:
 """
 
 import contextlib
+from collections.abc import Callable
 
 import lightning as L
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -57,7 +58,7 @@ class CallbackBundle(L.Callback):
                 setattr(self, hook, _fan_out(tuple(parts)))
 
 
-def _fan_out(methods: tuple) -> callable:
+def _fan_out(methods: tuple[Callable, ...]) -> Callable[..., None]:
     def call_each(*args, **kwargs) -> None:
         for method in methods:
             method(*args, **kwargs)
