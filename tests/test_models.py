@@ -11,7 +11,7 @@ from torch import nn
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.classifier import build as build_network
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.models import FlipAveraged, LeNet, count_parameters
+from fmnist_exp.models import FlipAveraged, LeNet, ResidualCNN, count_parameters
 from fmnist_exp.paths import config_dir
 
 GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
@@ -184,6 +184,8 @@ def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
         LeNet(feature_dropout=-0.1)
     with pytest.raises(ConfigError, match="model.feature_dropout='high'"):
         LeNet(feature_dropout="high")
+    with pytest.raises(ConfigError, match="model.dropout='high'"):  # every model, one check
+        ResidualCNN(dropout="high")
 
 
 def test_an_option_the_model_does_not_have_names_the_key_and_the_options():

@@ -194,8 +194,7 @@ class ResidualCNN(nn.Module):
             raise ConfigError(
                 f"model.widths={list(widths)!r} must be four positive ints (stem, stage 1-3)."
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout!r} must be in [0, 1) (0 = no dropout).")
+        _check_rate(dropout, "model.dropout")
         w0, w1, w2, w3 = widths
         self.layers = nn.Sequential(
             conv_bn(1, w0),
