@@ -13,6 +13,7 @@ from hydra.utils import get_object, instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from fmnist_exp import distill
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.lean import PlainAttributes
 from fmnist_exp.models import FlipAveraged, Normalize
@@ -48,6 +49,8 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         std: float = 255.0,
         label_smoothing: float = 0.0,
         tta_hflip: bool = False,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
@@ -69,10 +72,16 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         """Raw pixels [N, 1, 28, 28] (uint8 or float 0..255) -> logits [N, 10]."""
         return self.net(images)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = batch
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits). A training batch with teacher targets (x, y, t) mixes in distillation."""
+        images, labels = batch[:2]
         logits = self(images)
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing), logits
+        hp = self.hparams
+        loss = F.cross_entropy(logits, labels, label_smoothing=hp.label_smoothing)
+        if len(batch) == 3:
+            taught = distill.loss(logits, batch[2], hp.distill_temperature)
+            loss = (1 - hp.distill_weight) * loss + hp.distill_weight * taught
+        return loss, logits
 
     # Training loss and accuracy are summed on the device and logged once, at the epoch's last step:
     # no per-step host sync and no per-step self.log or metric update (their Python bookkeeping

@@ -39,8 +39,10 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         epoch: int = 0,
+        soft_targets: torch.Tensor | None = None,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.soft_targets = soft_targets  # [N, 10] per image (distill.py): batches become (x, y, t)
         self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
         self.rank, self.world_size = rank, world_size
         self.epoch = epoch  # the next epoch's number: its seed is seed + epoch
@@ -56,7 +58,7 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(self._count() / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         device, n, size = self.images.device, len(self.labels), self.batch_size
         # Randomness comes from a CPU generator and goes to the device once per epoch: the same seed
         # gives the same batches on every device, with no per-step host transfer.
@@ -78,7 +80,7 @@ class TensorBatches:
                 x, y = self.images[idx], self.labels[idx]
             if choices:
                 x = apply_choices(x, {k: v[..., idx] for k, v in choices.items()}, **self.augment)
-            yield x, y
+            yield (x, y) if self.soft_targets is None else (x, y, self.soft_targets[idx])
 
 
 class FashionMNISTDataModule(L.LightningDataModule):
@@ -130,6 +132,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.shuffle_seed, self.augment = shuffle_seed, augment
         self.source: Path | None = None
         self.format: str | None = None
+        self.soft_targets: torch.Tensor | None = None  # [N_train, 10] teacher targets (distill.py)
 
     def search_dirs(self) -> list[Path]:
         """An explicit data.data_dir is used as given; the default also searches Debian's copy."""
@@ -196,10 +199,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return images, labels
 
     def train_dataloader(self) -> TensorBatches:
+        images, labels = self.resident("train")
+        soft = self.soft_targets
+        if soft is not None and soft.device != images.device:
+            soft = self.soft_targets = soft.to(images.device)
         return TensorBatches(
-            *self.resident("train"), self.batch_size, shuffle=True, seed=self.shuffle_seed,
+            images, labels, self.batch_size, shuffle=True, seed=self.shuffle_seed,
             augment=self.augment, **self._shard(),
             epoch=self.trainer.current_epoch if self.trainer else 0,  # a resumed run goes on, not over
+            soft_targets=soft,
         )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:

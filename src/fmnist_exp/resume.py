@@ -24,6 +24,7 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
 # Keys added after runs were recorded, with the value that trains exactly as before the key existed:
 # at that value they stay out of the hash, so older FINISHED runs still count for skip_finished.
 ADDED_LATER = {("model", "feature_dropout"): 0.0}
+OFF_WHEN_EMPTY = {"distill": "teachers"}  # blocks added later: out of the hash while switched off
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -35,6 +36,9 @@ def config_hash(cfg: DictConfig) -> str:
     for (group, key), neutral in ADDED_LATER.items():
         if group in plain and plain[group].get(key, neutral) == neutral:
             plain[group].pop(key, None)
+    for block, switch in OFF_WHEN_EMPTY.items():
+        if not plain.get(block, {}).get(switch):
+            plain.pop(block, None)
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

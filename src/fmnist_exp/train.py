@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import plots, resume, sweep, tracking
+from fmnist_exp import distill, plots, resume, sweep, tracking
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError, UserError, user_error
@@ -71,6 +71,33 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
             f"Lightning rejected the trainer settings (trainer.accelerator={trainer_cfg.accelerator}, "
             f"devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}.{gpu_hint}"
         ) from exc
+
+
+def check_distill(node: DictConfig | None) -> dict:
+    """The `distill` block, checked: teachers a list of run ids, weight in [0, 1], temperature > 0."""
+    found = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    settings = {"teachers": [], "weight": 0.0, "temperature": 1.0} | found
+    teachers, weight, temperature = (settings[k] for k in ("teachers", "weight", "temperature"))
+    if isinstance(teachers, str):
+        teachers = settings["teachers"] = [teachers]
+    if not isinstance(teachers, list) or not all(isinstance(t, str) and t for t in teachers):
+        raise ConfigError(
+            f"distill.teachers={teachers!r} must be a list of MLflow run ids, e.g. "
+            f"'distill.teachers=[<run_id>,<run_id>]' ([] = no distillation)."
+        )
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not number(weight) or not 0 <= weight <= 1:
+        raise ConfigError(
+            f"distill.weight={weight!r} must be in [0, 1]: the share of the loss on the teachers."
+        )
+    if not number(temperature) or temperature <= 0:
+        raise ConfigError(
+            f"distill.temperature={temperature!r} must be a number > 0 (1 = plain probabilities)."
+        )
+    return settings
 
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
@@ -125,6 +152,14 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    distill_cfg = check_distill(cfg.get("distill"))
+    if distill_cfg["teachers"]:  # the teachers' soft targets ride along with the training batches
+        teachers = distill.teacher_checkpoints(
+            cfg.mlflow.tracking_uri, distill_cfg["teachers"], dict(cfg.data)
+        )
+        datamodule.soft_targets = distill.soft_targets(
+            teachers, datamodule.train[0], distill_cfg["temperature"]
+        )
 
     def plain(node):  # resolved plain containers: they are saved in the checkpoint
         return OmegaConf.to_container(node, resolve=True) if node is not None else None
@@ -137,6 +172,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         std=datamodule.std,
         label_smoothing=cfg.label_smoothing,
         tta_hflip=cfg.tta_hflip,
+        distill_weight=distill_cfg["weight"] if distill_cfg["teachers"] else 0.0,
+        distill_temperature=distill_cfg["temperature"],
     )
     params_total, params_trainable = count_parameters(model.net)
     if cfg.model.get("channels_last"):

@@ -1,0 +1,109 @@
+"""Knowledge distillation: a run can also learn the mean predictions of earlier runs (its teachers).
+
+`distill.teachers` names FINISHED runs in the same tracking store. Before the student's MLflow run
+starts, each teacher's best checkpoint predicts every training image once (in eval mode, with its
+own flip averaging), and the mean of their temperature-softened probabilities becomes a soft target
+per image: [N_train, 10], carried beside the labels in every training batch. The student's loss is
+
+    (1 - weight) * cross_entropy(labels) + weight * T^2 * KL(teachers_T || student_T)
+
+(Hinton et al. 2015). Targets are computed on the un-augmented images: a mirrored image keeps its
+target (flip-averaged teachers give both the same), an erased one keeps the whole image's.
+
+A teacher must not have trained on images the student validates or tests on, so the data split is
+checked against each teacher's logged params before anything is computed.
+"""
+
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.utils.file_utils import local_file_uri_to_path
+
+from fmnist_exp.errors import ConfigError
+
+SPLIT_KEYS = ("data.split", "data.split_seed")  # must match the student's: same test images
+CHUNK = 500  # images per teacher forward pass (larger chunks only add allocator time on a CPU)
+
+
+def _best_checkpoint(tracking_uri: str, run_id: str) -> Path:
+    """The run's logged best checkpoint (train.py logs one, as checkpoints/epochNNN.ckpt): read in
+    place from a local artifact store, downloaded from a remote one."""
+    client = mlflow.MlflowClient(tracking_uri)
+    found = [
+        a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")
+    ]
+    if not found:
+        raise ConfigError(
+            f"distill.teachers: run {run_id} has no checkpoints/*.ckpt artifact (it was recorded "
+            f"before checkpoints were logged, or it failed before its first validation). Pick a "
+            f"FINISHED run whose Artifacts tab shows checkpoints/."
+        )
+    root = client.get_run(run_id).info.artifact_uri
+    if root.startswith("file:"):
+        return Path(local_file_uri_to_path(root)) / sorted(found)[-1]
+    return Path(client.download_artifacts(run_id, sorted(found)[-1]))
+
+
+def _check_split(run, data: dict) -> None:
+    """The teacher trained only on images that are training images for the student."""
+    params, run_id = run.data.params, run.info.run_id
+    for key in SPLIT_KEYS:
+        theirs, ours = params.get(key), str(data[key.split(".", 1)[1]])
+        if theirs != ours:
+            raise ConfigError(
+                f"distill.teachers: run {run_id} used {key}={theirs}, this run uses {key}={ours}. "
+                f"A teacher from another split has trained on images this run tests on. Use teachers "
+                f"trained with the same data split, or change {key} to theirs."
+            )
+    if data["split"] == "official" and int(params.get("data.val_size", -1)) < data["val_size"]:
+        raise ConfigError(
+            f"distill.teachers: run {run_id} held out data.val_size={params.get('data.val_size')} "
+            f"images, this run holds out {data['val_size']}: the teacher trained on images this run "
+            f"validates on. Use teachers with data.val_size >= {data['val_size']}."
+        )
+
+
+def teacher_checkpoints(tracking_uri: str, run_ids: list[str], data: dict) -> list[Path]:
+    """The best checkpoint of each teacher run, after checking it exists, FINISHED, on our split."""
+    client = mlflow.MlflowClient(tracking_uri)
+    paths = []
+    for run_id in map(str, run_ids):
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            raise ConfigError(
+                f"distill.teachers: no run {run_id!r} in {tracking_uri}. Teachers are full run ids "
+                f"from this store (MLflow UI, or the 'run <id>' summary line of a finished run)."
+            ) from exc
+        if run.info.status != "FINISHED":
+            raise ConfigError(
+                f"distill.teachers: run {run_id} is {run.info.status}, not FINISHED. Finish it "
+                f"(resume={run_id}) or pick another teacher."
+            )
+        _check_split(run, data)
+        paths.append(_best_checkpoint(tracking_uri, run_id))
+    return paths
+
+
+@torch.no_grad()
+def soft_targets(checkpoints: list[Path], images: torch.Tensor, temperature: float) -> torch.Tensor:
+    """uint8 images [N, 1, 28, 28] -> mean softened teacher probabilities [N, 10] (float32)."""
+    from fmnist_exp.classifier import Classifier  # classifier imports this module
+
+    total = torch.zeros(len(images), 10)
+    for path in checkpoints:
+        teacher = Classifier.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True
+        ).eval()
+        for start in range(0, len(images), CHUNK):
+            logits = teacher(images[start : start + CHUNK].cpu())
+            total[start : start + CHUNK] += (logits / temperature).softmax(1)
+    return total / len(checkpoints)
+
+
+def loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(targets || softmax(logits / T)), averaged over the batch."""
+    log_student = (logits / temperature).log_softmax(1)
+    kl = torch.nn.functional.kl_div(log_student, targets, reduction="batchmean")
+    return kl * temperature**2
