@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from fmnist_exp import distill
 from fmnist_exp.datamodule import FashionMNISTDataModule
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.inference import load_checkpoint
+from fmnist_exp.inference import load_checkpoint, load_classifier
 from fmnist_exp.resume import config_hash
 from fmnist_exp.train import train
 
@@ -32,10 +32,11 @@ def student_runs(cfg):
 
 def test_soft_targets_are_the_teachers_probabilities(trained_model, real_data):
     images = real_data.train_images[:700]  # more than one chunk
-    targets = distill.soft_targets([trained_model["checkpoint"]], images, temperature=1.0)
-    expected = load_checkpoint(trained_model["checkpoint"])(images.float())
+    teacher = load_classifier(trained_model["checkpoint"], "teacher", "")
+    targets = distill.soft_targets([teacher], images, 1.0, torch.device("cpu"))
+    expected = load_checkpoint(trained_model["checkpoint"])(images.float())  # the logged model
     torch.testing.assert_close(targets, expected, atol=1e-5, rtol=1e-4)
-    softer = distill.soft_targets([trained_model["checkpoint"]], images, temperature=4.0)
+    softer = distill.soft_targets([teacher, teacher], images, 4.0, torch.device("cpu"))
     assert softer.max(1).values.mean() < targets.max(1).values.mean()  # T > 1 flattens
 
 
@@ -84,6 +85,21 @@ def test_bad_teachers_fail_before_any_run_is_made(make_config, trained_model, ov
     with pytest.raises(ConfigError, match="distill") as caught:
         train(cfg)
     assert names in str(caught.value)
+    assert student_runs(cfg) == []
+
+
+def test_a_run_that_trained_nothing_is_no_teacher(make_config, trained_model):
+    client = mlflow.MlflowClient(trained_model["tracking_uri"])
+    parent = client.create_run(client.create_experiment("sweeps"))  # apart from what others read
+    client.set_terminated(parent.info.run_id, "FINISHED")  # like a sweep's parent run
+    cfg = student_config(
+        make_config,
+        trained_model,
+        f"distill.teachers=[{parent.info.run_id}]",
+        experiment="rejected",
+    )
+    with pytest.raises(ConfigError, match="did not train a model"):
+        train(cfg)
     assert student_runs(cfg) == []
 
 

@@ -22,6 +22,7 @@ import mlflow
 import torch
 
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.inference import load_classifier
 
 SPLIT_KEYS = ("data.split", "data.split_seed")  # must match the student's: same test images
 CHUNK = 500  # images per teacher forward pass (larger chunks only add allocator time on a CPU)
@@ -47,6 +48,11 @@ def _best_checkpoint(tracking_uri: str, run_id: str) -> Path:
 def _check_split(run, data: dict) -> None:
     """The teacher trained only on images that are training images for the student."""
     params, run_id = run.data.params, run.info.run_id
+    if "data.split" not in params:
+        raise ConfigError(
+            f"distill.teachers: run {run_id} did not train a model (it has no data.* params: a "
+            f"sweep's parent run?). Pass the ids of training runs, e.g. the sweep's child runs."
+        )
     for key in SPLIT_KEYS:
         theirs, ours = params.get(key), str(data[key.split(".", 1)[1]])
         if theirs != ours:
@@ -63,10 +69,11 @@ def _check_split(run, data: dict) -> None:
         )
 
 
-def teacher_checkpoints(tracking_uri: str, run_ids: list[str], data: dict) -> list[Path]:
-    """The best checkpoint of each teacher run, after checking it exists, FINISHED, on our split."""
+def load_teachers(tracking_uri: str, run_ids: list[str], data: dict) -> list[torch.nn.Module]:
+    """Each teacher run's best network (eval mode, CPU), after checking that the run exists, is
+    FINISHED and trained on our split."""
     client = mlflow.MlflowClient(tracking_uri)
-    paths = []
+    teachers = []
     for run_id in map(str, run_ids):
         try:
             run = client.get_run(run_id)
@@ -81,24 +88,30 @@ def teacher_checkpoints(tracking_uri: str, run_ids: list[str], data: dict) -> li
                 f"(resume={run_id}) or pick another teacher."
             )
         _check_split(run, data)
-        paths.append(_best_checkpoint(tracking_uri, run_id))
-    return paths
+        path = _best_checkpoint(tracking_uri, run_id)
+        hint = "Pick a teacher trained by this version of fmnist-exp, or train that config again."
+        teachers.append(
+            load_classifier(path, f"distill.teachers: run {run_id}'s {path.name}", hint)
+        )
+    return teachers
 
 
 @torch.no_grad()
-def soft_targets(checkpoints: list[Path], images: torch.Tensor, temperature: float) -> torch.Tensor:
-    """uint8 images [N, 1, 28, 28] -> mean softened teacher probabilities [N, 10] (float32)."""
-    from fmnist_exp.classifier import Classifier  # classifier imports this module
-
-    total = torch.zeros(len(images), 10)
-    for path in checkpoints:
-        teacher = Classifier.load_from_checkpoint(
-            path, map_location="cpu", weights_only=True
-        ).eval()
-        for start in range(0, len(images), CHUNK):
-            logits = teacher(images[start : start + CHUNK].cpu())
-            total[start : start + CHUNK] += (logits / temperature).softmax(1)
-    return total / len(checkpoints)
+def soft_targets(
+    teachers: list[torch.nn.Module], images: torch.Tensor, temperature: float, device: torch.device
+) -> torch.Tensor:
+    """uint8 images [N, 1, 28, 28] -> mean softened teacher probabilities [N, classes] (float32,
+    on the CPU). The forward passes run on `device` (the GPU when there is one: seconds, not
+    minutes)."""
+    total = 0
+    for teacher in teachers:
+        teacher = teacher.to(device)
+        probs = [
+            (teacher(images[i : i + CHUNK].to(device)) / temperature).softmax(1).cpu()
+            for i in range(0, len(images), CHUNK)
+        ]
+        total = total + torch.cat(probs)
+    return total / len(teachers)
 
 
 def loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -80,6 +80,13 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
 
 
 def load_checkpoint(path: Path) -> torch.nn.Module:
+    hint = "Pass a .ckpt from a run's checkpoints/ folder, or a runs:/<run_id>/model URI."
+    return load_classifier(path, f"model_uri={path}", hint).probabilities_module()
+
+
+def load_classifier(path: Path, source: str, hint: str):
+    """The Classifier in a checkpoint, on the CPU, in eval mode. A file that is not one of ours is a
+    UserError that starts with `source` (the key it came from) and ends with `hint`."""
     from fmnist_exp.classifier import Classifier  # Lightning is a heavy import: only when needed
 
     try:
@@ -88,8 +95,7 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
         Exception
     ) as exc:  # pickle, zip, key and shape errors all mean: not one of our checkpoints
         raise UserError(
-            f"model_uri={path}: not a checkpoint this version of fmnist-exp can load "
-            f"({type(exc).__name__}: {one_paragraph(exc).split('. ')[0][:200]}). Pass a .ckpt from a run's "
-            f"checkpoints/ folder, or a runs:/<run_id>/model URI."
+            f"{source}: not a checkpoint this version of fmnist-exp can load "
+            f"({type(exc).__name__}: {one_paragraph(exc).split('. ')[0][:200]}). {hint}"
         ) from exc
-    return classifier.probabilities_module()
+    return classifier.eval()

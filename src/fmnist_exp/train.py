@@ -76,6 +76,7 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
 def check_distill(node: DictConfig | None) -> dict:
     """The `distill` block, checked: teachers a list of run ids, weight in [0, 1], temperature > 0."""
     found = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    # a config.yaml saved before `distill` existed (resume=) has no block: distillation off
     settings = {"teachers": [], "weight": 0.0, "temperature": 1.0} | found
     teachers, weight, temperature = (settings[k] for k in ("teachers", "weight", "temperature"))
     if isinstance(teachers, str):
@@ -148,17 +149,19 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         output_dir, "paths.output_dir (hydra.run.dir)"
     )  # also checked by Hydra's callback, before Hydra makes it
 
+    distill_cfg = check_distill(cfg.get("distill"))  # teachers checked before the data loads
+    teachers = distill.load_teachers(
+        cfg.mlflow.tracking_uri, distill_cfg["teachers"], dict(cfg.data)
+    )
+
     # Data first: its training statistics go into the model's normalisation layer.
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    distill_cfg = check_distill(cfg.get("distill"))
-    if distill_cfg["teachers"]:  # the teachers' soft targets ride along with the training batches
-        teachers = distill.teacher_checkpoints(
-            cfg.mlflow.tracking_uri, distill_cfg["teachers"], dict(cfg.data)
-        )
+    if teachers:  # their soft targets ride along with the training batches
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         datamodule.soft_targets = distill.soft_targets(
-            teachers, datamodule.train[0], distill_cfg["temperature"]
+            teachers, datamodule.train[0], distill_cfg["temperature"], device
         )
 
     def plain(node):  # resolved plain containers: they are saved in the checkpoint
