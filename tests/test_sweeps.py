@@ -14,6 +14,16 @@ from fmnist_exp.models import LeNet, count_parameters
 pytestmark = pytest.mark.slow
 TINY = ["trainer=fast", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1",
         "++trainer.limit_test_batches=1", "mlflow.log_model=false"]  # fmt: skip
+PUBLISHED = [
+    0.745,
+    0.872,
+    0.8824,
+    0.896,
+    0.913,
+    0.914,
+    0.925,
+    0.94,
+]  # blog rows, PARAMETER_COUNTS order
 
 
 def store_args(tmp: Path, data_dir: Path) -> list[str]:
@@ -79,7 +89,8 @@ def test_report_on_a_sweep(channel_sweep, tmp_path):
     assert "| model.channels=4 |" in (tmp_path / "table.md").read_text()
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert logged == {"report/table.csv", "report/table.md", "report/params_vs_accuracy.png"}
+    assert logged == {f"report/{name}" for name in
+                      ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png")}  # fmt: skip
     assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "bogus=1"]) == 2
 
 
@@ -111,7 +122,46 @@ def test_seed_table_composes_eight_jobs_with_the_exact_counts(tmp_path, real_dat
     counts = sorted(int(c.data.metrics["model/params_total"]) for c in children)
     assert counts == sorted(expected for overrides, expected in PARAMETER_COUNTS)
     references = sorted(float(c.data.tags["reference_acc"]) for c in children)
-    assert references == [0.745, 0.872, 0.8824, 0.896, 0.913, 0.914, 0.925, 0.94]
+    assert references == PUBLISHED
+
+
+def test_recipes_train_each_rows_network_unchanged(tmp_path, real_data_dir):
+    done = run_cli("--multirun", "experiment=glob(recipe_*)", "trainer.max_epochs=1", *TINY,
+                   *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, children = parent_and_children(tmp_path)
+    recipes = sorted(
+        p.stem for p in (Path(__file__).parents[1] / "conf/experiment").glob("recipe_*.yaml")
+    )
+    assert len(children) == len(recipes) >= 5
+    published = dict(zip(PUBLISHED, (count for _, count in PARAMETER_COUNTS), strict=True))
+    for child in children:  # the seed row's parameter count and published number; a new recipe
+        reference = float(child.data.tags["reference_acc"])
+        assert child.data.metrics["model/params_total"] == published[reference]
+        assert child.data.params["optimizer._target_"] == "torch.optim.AdamW"
+        assert (
+            child.data.params["tta_hflip"] == "True"
+            and child.data.params["data.augment.hflip"] == "True"
+        )
+
+
+def test_report_folds_seeds_of_one_commit():
+    from fmnist_exp.report import fold_seeds
+
+    overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
+                 "experiment=b seed=1"]  # fmt: skip
+    table = pd.DataFrame({"run_id": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
+                          "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8], "reference_acc": 0.9, "epochs": 3})  # fmt: skip
+    runs = pd.DataFrame(
+        {"run_id": list("pqrst"), "tags.git_commit": ["c1", "c1", "c1", "c0", "c1"]}
+    )
+    seeds = fold_seeds(table, runs)
+    assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]  # c0 is apart
+    first = seeds.iloc[0]
+    assert first.seeds == 3 and first.test_acc_mean == pytest.approx(0.92)
+    assert first.test_acc_std == pytest.approx(0.02) and first.delta_pp == pytest.approx(2.0)
+    assert (first.test_acc_min, first.test_acc_max) == (0.90, 0.94)
+    assert seeds.iloc[2].seeds == 1 and pd.isna(seeds.iloc[2].test_acc_std)
 
 
 def test_a_failed_job_does_not_sink_the_sweep(tmp_path, real_data_dir):

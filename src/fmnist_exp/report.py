@@ -1,8 +1,9 @@
 """`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR]`
 
 Reads runs from MLflow into pandas and writes table.csv, table.md and params_vs_accuracy.png:
-ours beside the published numbers (the `reference_acc` tag). With a sweep (the default: the latest)
-the files are also logged as artifacts of the sweep's parent run under report/.
+ours beside the published numbers (the `reference_acc` tag), and seeds.csv, seeds.md: runs that
+differ only in `seed=` (same git commit) folded into one row, test accuracy mean +- std. With a sweep (the default: the
+latest) the files are also logged as artifacts of the sweep's parent run under report/.
 """
 
 import sys
@@ -30,6 +31,10 @@ OPTIONS = {
 }
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
            "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
+SEED_COLUMNS = ["model", "overrides", "params", "seeds", "test_acc_mean", "test_acc_std", "test_acc_min",
+                "test_acc_max", "reference_acc", "delta_pp", "epochs"]  # fmt: skip
+PERCENT = ("best_val_acc", "test_acc", "reference_acc", "test_acc_mean", "test_acc_min",
+           "test_acc_max")  # fmt: skip
 
 
 def parse(argv: list[str]) -> dict[str, str]:
@@ -116,19 +121,40 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: runs of one code version (tag git_commit) whose overrides differ only
+    in `seed=`. Per row: how many of them have a test accuracy, its mean, sample standard deviation
+    (n-1; empty for one seed), min and max, and the mean's delta to the published number in points."""
+    commits = runs.set_index("run_id").get("tags.git_commit", pd.Series(dtype=str))
+    config = pd.Series([" ".join(t for t in o.split() if not t.startswith("seed=")) for o in table.overrides],
+                       index=table.index)  # fmt: skip
+    key = table.run_id.map(commits).fillna("") + " " + config.str.lower()
+    folded = table.assign(overrides=config, key=key).groupby("key", sort=False)
+    seeds = folded.agg(
+        model=("model", "first"), overrides=("overrides", "first"), params=("params", "first"),
+        seeds=("test_acc", "count"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+        test_acc_min=("test_acc", "min"), test_acc_max=("test_acc", "max"),
+        reference_acc=("reference_acc", "first"), epochs=("epochs", "max"),
+    ).reset_index(drop=True)  # fmt: skip
+    seeds["delta_pp"] = ((seeds.test_acc_mean - seeds.reference_acc) * 100).round(2)
+    return seeds[SEED_COLUMNS]
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     def cell(name: str, value) -> str:
         if pd.isna(value):
             return ""
-        if name in ("best_val_acc", "test_acc", "reference_acc"):
+        if name in PERCENT:
             return f"{value * 100:.2f}%"
+        if name == "test_acc_std":
+            return f"{value * 100:.2f} pp"
         if name == "params":
             return f"{value:,}"
         if name == "delta_pp":
             return f"{value:+.2f}"
         return str(value).replace("|", "\\|")
 
-    columns = [c for c in COLUMNS if c != "run_id"]
+    columns = [c for c in table.columns if c != "run_id"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += [
         "| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for _, row in table.iterrows()
@@ -181,14 +207,18 @@ def report(options: dict[str, str]) -> Path:
     stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(options["out"] or project_root() / "outputs" / "reports" / stamp)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(to_markdown(table))
+    seeds = fold_seeds(table, runs)
+    for name, frame in (("table", table), ("seeds", seeds)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+        (out / f"{name}.md").write_text(to_markdown(frame))
     plot(table, out / "params_vs_accuracy.png")
     if parent_id:
         client = mlflow.MlflowClient(uri)
-        for name in ("table.csv", "table.md", "params_vs_accuracy.png"):
+        for name in ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png"):
             client.log_artifact(parent_id, str(out / name), artifact_path="report")
     print(to_markdown(table), end="")
+    if (seeds.seeds > 1).any():  # some configuration ran with several seeds
+        print("\nover seeds:\n" + to_markdown(seeds), end="")
     print(
         f"{len(table)} runs -> {out}"
         + (f" (also on parent run {parent_id}, report/)" if parent_id else "")
