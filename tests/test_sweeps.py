@@ -145,23 +145,26 @@ def test_recipes_train_each_rows_network_unchanged(tmp_path, real_data_dir):
         )
 
 
-def test_report_folds_seeds_of_one_commit():
+def test_report_folds_runs_that_differ_only_in_the_seed():
     from fmnist_exp.report import fold_seeds
 
     overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
                  "experiment=b seed=1"]  # fmt: skip
     table = pd.DataFrame({"run_id": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
                           "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8], "reference_acc": 0.9, "epochs": 3})  # fmt: skip
-    runs = pd.DataFrame(
-        {"run_id": list("pqrst"), "tags.git_commit": ["c1", "c1", "c1", "c0", "c1"]}
-    )
+    runs = pd.DataFrame({  # run s: same overrides as p, q, r, but its config file had another lr then
+        "run_id": list("pqrst"), "params.optimizer.lr": ["1e-3", "1e-3", "1e-3", "0.1", "1e-3"],
+        "params.model.hidden": ["[8]"] * 4 + ["[16]"], "params.seed": list("12341"),
+        "params.data.shuffle_seed": list("12341"), "params.output_dir": list("vwxyz"),
+        "params.trainer.enable_progress_bar": ["True", "False", "True", "True", "True"],
+    })  # fmt: skip
     seeds = fold_seeds(table, runs)
-    assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]  # c0 is apart
+    assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]
     first = seeds.iloc[0]
     assert first.seeds == 3 and first.test_acc_mean == pytest.approx(0.92)
     assert first.test_acc_std == pytest.approx(0.02) and first.delta_pp == pytest.approx(2.0)
     assert (first.test_acc_min, first.test_acc_max) == (0.90, 0.94)
-    assert seeds.iloc[2].seeds == 1 and pd.isna(seeds.iloc[2].test_acc_std)
+    assert seeds.iloc[1].seeds == 1 and pd.isna(seeds.iloc[1].test_acc_std)
 
 
 def test_a_failed_job_does_not_sink_the_sweep(tmp_path, real_data_dir):

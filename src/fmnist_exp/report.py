@@ -2,7 +2,7 @@
 
 Reads runs from MLflow into pandas and writes table.csv, table.md and params_vs_accuracy.png:
 ours beside the published numbers (the `reference_acc` tag), and seeds.csv, seeds.md: runs that
-differ only in `seed=` (same git commit) folded into one row, test accuracy mean +- std. With a sweep (the default: the
+differ only in the seed (their logged configs) folded into one row, test accuracy mean +- std. With a sweep (the default: the
 latest) the files are also logged as artifacts of the sweep's parent run under report/.
 """
 
@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fmnist_exp import cli  # noqa: E402
+from fmnist_exp import cli, resume  # noqa: E402
 from fmnist_exp import sweep as sweep_runs  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
@@ -121,15 +121,26 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def seedless_config(runs: pd.DataFrame) -> pd.Series:
+    """Per run id: its logged config (the params) without the seed and without the keys that say where
+    or how to run (resume.NOT_PART_OF_THE_EXPERIMENT, progress bars: as config_hash leaves them out)."""
+    apart = (*resume.NOT_PART_OF_THE_EXPERIMENT, "output_dir", "seed", "data.shuffle_seed",
+             *(f"trainer.{k}" for k in resume.TRAINER_COSMETICS))  # fmt: skip
+    columns = sorted(c for c in runs if c.startswith("params.")
+                     and not any(c[7:] == k or c[7:].startswith(k + ".") for k in apart))  # fmt: skip
+    config = runs[columns].fillna("").astype(str).agg("|".join, axis=1) if columns else ""
+    return pd.Series(config, index=runs.index).set_axis(runs.run_id)
+
+
 def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: runs of one code version (tag git_commit) whose overrides differ only
-    in `seed=`. Per row: how many of them have a test accuracy, its mean, sample standard deviation
-    (n-1; empty for one seed), min and max, and the mean's delta to the published number in points."""
-    commits = runs.set_index("run_id").get("tags.git_commit", pd.Series(dtype=str))
-    config = pd.Series([" ".join(t for t in o.split() if not t.startswith("seed=")) for o in table.overrides],
-                       index=table.index)  # fmt: skip
-    key = table.run_id.map(commits).fillna("") + " " + config.str.lower()
-    folded = table.assign(overrides=config, key=key).groupby("key", sort=False)
+    """One row per configuration: runs whose logged configs differ only in the seed. Per row: how many
+    of them have a test accuracy, its mean, sample standard deviation (n-1; empty for one seed), min
+    and max, and the mean's delta to the published number in points."""
+    overrides = [
+        " ".join(t for t in o.split() if not t.startswith("seed=")) for o in table.overrides
+    ]
+    key = table.run_id.map(seedless_config(runs))
+    folded = table.assign(overrides=overrides, key=key).groupby("key", sort=False)
     seeds = folded.agg(
         model=("model", "first"), overrides=("overrides", "first"), params=("params", "first"),
         seeds=("test_acc", "count"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
