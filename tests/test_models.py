@@ -143,14 +143,16 @@ SEED_ROWS = {  # experiment -> (parameters, the blog's test accuracy)
     "seed_lenet_bn_c16_k33": (154_270, 0.925),
     "seed_lenet_bn_c32_k33": (306_622, 0.940),
 }
+RECIPES = ["recipe_mlp", "recipe_lenet", "recipe_lenet_relu", "recipe_lenet_bn", "recipe_lenet_bn_c16",
+           "recipe_lenet_bn_c16_k53"]  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(make_config, experiment):
     cfg = make_config(f"experiment={experiment}")
     total, _ = count_parameters(build(cfg).net)
-    if experiment.startswith("seed_"):
-        assert (total, cfg.tags.reference_acc) == SEED_ROWS[experiment]
+    if experiment.startswith(("seed_", "recipe_")):  # a recipe keeps its seed row's network
+        assert (total, cfg.tags.reference_acc) == SEED_ROWS[experiment.replace("recipe_", "seed_")]
     elif experiment == "best":  # the flagship: under 1M parameters
         assert total == 926_578 and cfg.model._target_.endswith("ResidualCNN")
     else:  # Deep Learning Studio: 80/10/10 of 70k, batch 512, 100 epochs, plain cross-entropy
@@ -163,7 +165,7 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
 
 
 def test_experiment_list():
-    assert sorted(["best", "dls", *SEED_ROWS]) == EXPERIMENTS
+    assert sorted(["best", "dls", *SEED_ROWS, *RECIPES]) == EXPERIMENTS
 
 
 def test_dropout_keeps_the_parameter_count_and_only_acts_in_training():
