@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from conftest import REPO, run_cli
 from omegaconf import open_dict
 
@@ -61,6 +62,9 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     process.wait()
     (killed,) = runs(tmp_path)
     assert killed.info.status == "RUNNING"  # what kill -9 leaves behind, until resumed
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    first_leg_s = last["fit_seconds"]  # training seconds up to the checkpoint resume starts from
+    assert first_leg_s > 0
 
     done = run_cli(*common, "resume=last")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,6 +74,9 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     for key in ("train/loss", "val/acc"):
         steps = history(tmp_path, run.info.run_id, key)
         assert len(steps) == 3 and len(set(steps)) == 3  # each epoch exactly once
+    metrics = run.data.metrics  # the run's times cover both legs, not only the last
+    assert metrics["time/fit_earlier_legs_s"] == pytest.approx(first_leg_s)
+    assert metrics["time/total_s"] > metrics["time/fit_s"] > first_leg_s
 
     straight = tmp_path / "straight"  # the same run, never interrupted
     done = run_cli(

@@ -2,18 +2,21 @@
 
 Every run is tagged `config_hash`: a hash of its resolved config without the keys that say where or
 how to run it (paths, MLflow location, resume switches, progress bars). Its checkpoints hold the
-MLflow run id. `resume=` continues a run from `last.ckpt` (written at the end of every epoch) into the
-same MLflow run; `skip_finished=true` (for re-running a killed sweep) skips a job whose identical
-config already has a FINISHED run and resumes one that has an unfinished run.
+MLflow run id and the training seconds so far. `resume=` continues a run from `last.ckpt` (written
+at the end of every epoch) into the same MLflow run; `skip_finished=true` (for re-running a killed
+sweep) skips a job whose identical config already has a FINISHED run and resumes one that has an
+unfinished run.
 """
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import mlflow
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.errors import UserError
@@ -130,6 +133,30 @@ def epoch_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
         for m in client.get_metric_history(run_id, key):
             by_step.setdefault(m.step, {})[key] = m.value
     return [by_step[s] for s in sorted(by_step)]
+
+
+class FitClock(L.Callback):
+    """Seconds of training over every leg of a run. Each checkpoint stores the seconds so far
+    (`checkpoint["fit_seconds"]`) and a resumed run counts on from there, so `time/fit_s` of a
+    resumed run is the whole training, not its last leg. A leg counts up to its last checkpoint:
+    the work a kill threw away after it was not needed for the result."""
+
+    def __init__(self) -> None:
+        self.earlier_legs = 0.0  # from the checkpoint this leg resumed from
+        self.leg_started = time.perf_counter()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.leg_started = time.perf_counter()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # not the best checkpoint that test() loads
+            self.earlier_legs = float(checkpoint.get("fit_seconds", 0.0))  # 0: an older checkpoint
+
+    def seconds(self) -> float:
+        return self.earlier_legs + time.perf_counter() - self.leg_started
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["fit_seconds"] = self.seconds()
 
 
 class RunIdInCheckpoints(L.Callback):

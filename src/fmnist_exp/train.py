@@ -194,7 +194,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     )
     history = EpochHistory()
     stop = StopOnSignal(output_dir / "checkpoints")
-    ours = CallbackBundle(history, FiniteLossGuard(), stop, *extra_callbacks)  # see lean.py
+    clock = resume.FitClock()  # training seconds, summed over the legs of a resumed run
+    ours = CallbackBundle(history, FiniteLossGuard(), stop, clock, *extra_callbacks)  # see lean.py
     callbacks: list[Callback] = [checkpoint, ours]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
@@ -239,11 +240,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
                 client.set_tag(run_id, key, value)
             print(f"resuming run {run_id} from {previous.last_checkpoint}")
 
-        fit_started = time.perf_counter()
         trainer.fit(
             model, datamodule=datamodule, ckpt_path=previous.last_checkpoint if previous else None
         )
-        fit_seconds = time.perf_counter() - fit_started
         best = checkpoint.best_model_path or None
         tested = trainer.test(
             model, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
@@ -252,7 +251,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             "test/acc": tested[0]["test/acc"],
             "test/loss": tested[0]["test/loss"],
             "val/acc_best": float(checkpoint.best_model_score or float("nan")),
-            "time/fit_s": fit_seconds,
+            "time/fit_s": clock.seconds(),  # every leg, when resumed
             "epochs": trainer.current_epoch,
         }
 
@@ -276,7 +275,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
                     cfg.mlflow.tracking_uri, f"runs:/{run_id}/model", cfg.mlflow.register_model
                 )
                 client.set_tag(run_id, "registered_model", registered)
-        results["time/total_s"] = time.perf_counter() - started
+        results["time/total_s"] = clock.earlier_legs + time.perf_counter() - started
+        if previous is not None:
+            results["time/fit_earlier_legs_s"] = clock.earlier_legs
         logger.log_metrics({k: v for k, v in results.items() if not k.startswith("test/")})
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
