@@ -1,9 +1,10 @@
 """`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR]`
 
-Reads runs from MLflow into pandas and writes table.csv, table.md and params_vs_accuracy.png:
-ours beside the published numbers (the `reference_acc` tag), and seeds.csv, seeds.md: runs that
-differ only in the seed (their logged configs) folded into one row, test accuracy mean +- std. With a sweep (the default: the
-latest) the files are also logged as artifacts of the sweep's parent run under report/.
+Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
+the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
+differ only in the seed, folded into one row: test accuracy mean +- std); and params_vs_accuracy.png
+(one point per folded row). With a sweep (the default: the latest) the files are also logged as
+artifacts of the sweep's parent run under report/.
 """
 
 import sys
@@ -173,30 +174,32 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
+def plot(seeds: pd.DataFrame, path: Path) -> Path:
+    """One point per configuration (fold_seeds): the mean test accuracy, a bar from the worst to the
+    best seed, and a grey line down (or up) to the published number."""
     fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
-    done = table.dropna(subset=["params", "test_acc"])
-    ax.scatter(
-        done.params, done.test_acc * 100, color="tab:blue", zorder=3, label="ours (test acc)"
-    )
-    for stacked, (_, row) in enumerate(done.iterrows()):
-        same = int(
-            (done.params.iloc[:stacked] == row.params).sum()
-        )  # labels at one x: stagger them
-        label = (row.overrides or row.model).replace("experiment=", "")
-        ax.annotate(label, (row.params, row.test_acc * 100), fontsize=7, xytext=(5, 4 - 10 * same),
-                    textcoords="offset points")  # fmt: skip
+    done = seeds.dropna(subset=["params", "test_acc_mean"])
+    mean = done.test_acc_mean * 100
+    ax.errorbar(done.params, mean, yerr=[mean - done.test_acc_min * 100, done.test_acc_max * 100 - mean],
+                fmt="o", color="tab:blue", capsize=3, zorder=3,
+                label="ours: test acc, mean (bar: min-max over seeds)")  # fmt: skip
+    names = (done.overrides.where(done.overrides != "", done.model)).str.replace("experiment=", "")
+    twice = names.duplicated(keep=False)  # one name, two configs (a file edited between runs)
+    names = names.where(~twice, names + ", " + done.epochs.astype(str) + " epochs")
+    names = names.where(done.seeds < 2, names + " (x" + done.seeds.astype(str) + ")")
+    for _, column in done.assign(name=names).groupby("params"):  # labels at one x: top to bottom
+        column = column.sort_values("test_acc_mean", ascending=False)
+        top = column.test_acc_mean.iloc[0] * 100
+        for below, row in enumerate(column.itertuples()):
+            ax.annotate(row.name, (row.params, top), fontsize=7, xytext=(7, 2 - 9 * below),
+                        textcoords="offset points")  # fmt: skip
     published = done.dropna(subset=["reference_acc"])
     if not published.empty:
         ax.scatter(published.params, published.reference_acc * 100, facecolors="none", edgecolors="tab:red",
                    zorder=3, label="published")  # fmt: skip
         for _, row in published.iterrows():
-            ax.plot(
-                [row.params] * 2,
-                [row.reference_acc * 100, row.test_acc * 100],
-                color="grey",
-                lw=0.8,
-            )
+            ax.plot([row.params] * 2, [row.reference_acc * 100, row.test_acc_mean * 100],
+                    color="grey", lw=0.8)  # fmt: skip
     ax.set_xscale("log")
     ax.set(
         xlabel="parameters (log scale)",
@@ -222,7 +225,7 @@ def report(options: dict[str, str]) -> Path:
     for name, frame in (("table", table), ("seeds", seeds)):
         frame.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(to_markdown(frame))
-    plot(table, out / "params_vs_accuracy.png")
+    plot(seeds, out / "params_vs_accuracy.png")
     if parent_id:
         client = mlflow.MlflowClient(uri)
         for name in ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png"):
