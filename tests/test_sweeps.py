@@ -157,6 +157,11 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
         "params.model.hidden": ["[8]"] * 4 + ["[16]"], "params.seed": list("12341"),
         "params.data.shuffle_seed": list("12341"), "params.output_dir": list("vwxyz"),
         "params.trainer.enable_progress_bar": ["True", "False", "True", "True", "True"],
+        "params.data/source": ["/a", "/b", "/c", "/a", "/a"],  # where the data was read: not config
+        # run r predates these keys; as config_hash does, their neutral values count as absent
+        "params.model.feature_dropout": ["0.0", "0.0", None, "0.0", "0.0"],
+        "params.distill.teachers": ["[]", "[]", None, "[]", "[]"],
+        "params.distill.weight": ["0.7", "0.7", None, "0.7", "0.7"],
     })  # fmt: skip
     seeds = fold_seeds(table, runs)
     assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]

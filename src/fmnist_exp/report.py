@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from fmnist_exp import cli, resume  # noqa: E402
 from fmnist_exp import sweep as sweep_runs  # noqa: E402
@@ -122,15 +123,36 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def logged_config(params: dict[str, str]) -> dict:
+    """The nested config back from a run's flat MLflow params ('model.channels': '[16, 32]'), values
+    parsed as YAML; the data summary (`data/source`, ...) and `output_dir` are not config."""
+    config: dict = {}
+    for name, text in params.items():
+        if "/" in name or name == "output_dir" or pd.isna(text):
+            continue
+        *groups, key = name.split(".")
+        node = config
+        for group in groups:
+            node = node.setdefault(group, {})
+        try:
+            node[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            node[key] = text
+    return config
+
+
 def seedless_config(runs: pd.DataFrame) -> pd.Series:
-    """Per run id: its logged config (the params) without the seed and without the keys that say where
-    or how to run (resume.NOT_PART_OF_THE_EXPERIMENT, progress bars: as config_hash leaves them out)."""
-    apart = (*resume.NOT_PART_OF_THE_EXPERIMENT, "output_dir", "seed", "data.shuffle_seed",
-             *(f"trainer.{k}" for k in resume.TRAINER_COSMETICS))  # fmt: skip
-    columns = sorted(c for c in runs if c.startswith("params.")
-                     and not any(c[7:] == k or c[7:].startswith(k + ".") for k in apart))  # fmt: skip
-    config = runs[columns].fillna("").astype(str).agg("|".join, axis=1) if columns else ""
-    return pd.Series(config, index=runs.index).set_axis(runs.run_id)
+    """Per run id: a hash of its logged config as config_hash sees it (resume.experiment_part: no
+    where/how-to-run keys, keys added later at their neutral value left out), without the seed."""
+    params = [c for c in runs if c.startswith("params.")]
+
+    def seedless(row: pd.Series) -> str:
+        config = logged_config({c.removeprefix("params."): row[c] for c in params})
+        config.pop("seed", None)
+        config.get("data", {}).pop("shuffle_seed", None)
+        return resume.hash_of(resume.experiment_part(config))
+
+    return pd.Series([seedless(row) for _, row in runs.iterrows()], index=runs.run_id.values)
 
 
 def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

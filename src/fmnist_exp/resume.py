@@ -8,6 +8,7 @@ sweep) skips a job whose identical config already has a FINISHED run and resumes
 unfinished run.
 """
 
+import copy
 import hashlib
 import json
 import time
@@ -30,8 +31,11 @@ ADDED_LATER = {("model", "feature_dropout"): 0.0}
 OFF_WHEN_EMPTY = {"distill": "teachers"}  # blocks added later: out of the hash while switched off
 
 
-def config_hash(cfg: DictConfig) -> str:
-    plain = OmegaConf.to_container(cfg, resolve=True)
+def experiment_part(plain: dict) -> dict:
+    """A resolved config (plain containers) without what says where or how to run it, and without
+    keys added later while they are at their neutral value: what makes two runs the same experiment.
+    config_hash hashes it; the report's seed fold compares it. Works on a copy."""
+    plain = copy.deepcopy(plain)
     for key in NOT_PART_OF_THE_EXPERIMENT:
         plain.pop(key, None)
     for key in TRAINER_COSMETICS:
@@ -42,7 +46,15 @@ def config_hash(cfg: DictConfig) -> str:
     for block, switch in OFF_WHEN_EMPTY.items():
         if not plain.get(block, {}).get(switch):
             plain.pop(block, None)
+    return plain
+
+
+def hash_of(plain: dict) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return hash_of(experiment_part(OmegaConf.to_container(cfg, resolve=True)))
 
 
 @dataclass
