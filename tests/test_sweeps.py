@@ -73,7 +73,7 @@ def test_channel_sweep_nests_one_child_per_job(channel_sweep):
     assert f"sweep {parent.info.run_id}: 2 jobs: 2 trained;" in done.stdout
 
 
-def test_report_on_a_sweep(channel_sweep, tmp_path):
+def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
     tmp, _ = channel_sweep
     from fmnist_exp.report import main
 
@@ -92,6 +92,11 @@ def test_report_on_a_sweep(channel_sweep, tmp_path):
     assert logged == {f"report/{name}" for name in
                       ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png")}  # fmt: skip
     assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "bogus=1"]) == 2
+    capsys.readouterr()
+    assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "filter=tags.model LIKE"]) == 2
+    said = capsys.readouterr().err  # one paragraph naming the filter and the syntax, no traceback
+    assert "filter='tags.model LIKE' is not an MLflow search filter" in said
+    assert "Traceback" not in said
 
 
 def test_kernel_sweep_with_joblib_on_a_fresh_store(tmp_path, real_data_dir):

@@ -72,8 +72,17 @@ def select_runs(
     mlflow.set_tracking_uri(uri)  # mlflow.search_runs (the pandas one) reads the global store
 
     def search(clause: str) -> pd.DataFrame:
-        return mlflow.search_runs(ids, filter_string=" and ".join(filter(None, [clause, filter_string])),
-                                  output_format="pandas")  # fmt: skip
+        try:
+            return mlflow.search_runs(ids, filter_string=" and ".join(filter(None, [clause, filter_string])),
+                                      output_format="pandas")  # fmt: skip
+        except mlflow.exceptions.MlflowException as exc:
+            if not filter_string or exc.error_code != "INVALID_PARAMETER_VALUE":
+                raise  # not the user's filter: the store's own error
+            raise UserError(
+                f"report: filter={filter_string!r} is not an MLflow search filter ({exc.message}). "
+                "Write it as in the MLflow UI's search box, with the value quoted, e.g. "
+                'filter="tags.overrides LIKE \'experiment=recipe_%\'" or filter="metrics.`test/acc` > 0.9".'
+            ) from exc
 
     if parent_id:  # the jobs it trained, plus the finished runs it reused (skip_finished=true)
         trained = search(sweep_runs.child_filter(parent_id))
