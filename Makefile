@@ -43,7 +43,7 @@ lint: $(VENV)/.installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-report: $(VENV)/.installed  ## table + chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
+report: $(VENV)/.installed  ## table, seeds folded (mean +- std) and chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
 	$(PY) -m fmnist_exp.report $(ARGS)
 
 serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run (ARGS="model_uri=... port=...")

@@ -56,7 +56,7 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     common = [*SHORT, "trainer.limit_train_batches=150", f"data.data_dir={real_data_dir}",
               f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
     process = start([*common, f"hydra.run.dir={tmp_path}/run"])
-    wait_for(tmp_path / "run" / "checkpoints" / "epoch000.ckpt", process)
+    wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)  # what resume starts from
     time.sleep(0.3)  # into the second epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -131,7 +131,9 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     sweep = ["--multirun", "model=lenet_bn", "model.channels=4,6", *SHORT, f"data.data_dir={real_data_dir}",
              f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
     process = start([*sweep, f"hydra.sweep.dir={tmp_path}/first"])
-    wait_for(tmp_path / "first" / "1" / "checkpoints" / "epoch000.ckpt", process)  # job 1 under way
+    # job 1 under way, with something to resume from: last.ckpt is written just after epoch000.ckpt,
+    # and a kill between the two leaves a run that must start again (the fresh clone at a3c3c91 hit it)
+    wait_for(tmp_path / "first" / "1" / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {
@@ -145,12 +147,9 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "skipped: this config already FINISHED" in done.stdout
     assert ": 2 jobs: 1 trained, 1 reused (FINISHED before; skip_finished=true);" in done.stdout
-    after = {
-        r.data.params["model.channels"]: r
-        for r in runs(tmp_path)
-        if r.data.tags.get("sweep") != "parent"
-    }
-    assert len(after) == 2  # nothing trained twice
+    children = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
+    assert len(children) == 2  # nothing trained twice (counted before keying by width)
+    after = {r.data.params["model.channels"]: r for r in children}
     assert after["4"].info.run_id == before["4"].info.run_id
     assert (
         after["6"].info.run_id == before["6"].info.run_id and after["6"].info.status == "FINISHED"
