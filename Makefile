@@ -52,7 +52,7 @@ serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run 
 predict: $(VENV)/.installed  ## classify images: make predict ARGS="inputs=photos/ [model_uri=best] [out=preds.csv]"
 	$(PY) -m fmnist_exp.predict $(ARGS)
 
-bench: setup  ## framework vs plain PyTorch loop, s/epoch and ratio (ARGS="--device cuda --record ...")
+bench: setup  ## plain PyTorch loop vs bare Lightning vs the framework: s/epoch and ratios (ARGS="--device cuda --record ...")
 	$(PY) scripts/benchmark.py $(ARGS)
 
 screenshot: setup  ## docs/serve_page.png, taken by the browser test

@@ -1,8 +1,10 @@
 """Seconds per epoch: a plain PyTorch loop vs the framework, same model, data, batch, optimiser,
 device and epochs, in one invocation (these machines are noisy: only the ratio measured side by side
-means much). They alternate, plain/framework then framework/plain, for --rounds rounds; each round
-gives a ratio, and the result is their median, so a slow spell of the machine lands on both sides.
-Also time to accuracy for a recipe.
+means much). A third side, "lightning", is the same model in a minimal LightningModule on a Trainer
+with Lightning's defaults (no logger, checkpoints or callbacks of ours): the floor that any
+Lightning-based framework starts from. The sides take turns in a rotating order for --rounds rounds;
+each round gives ratios, and the result is their median, so a slow spell of the machine lands on
+every side. Also time to accuracy for a recipe.
 
     python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
@@ -116,6 +118,55 @@ def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
         profile.disable()
     steps = -(-n // batch)
     return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc, "steps": steps}
+
+
+# --- the floor: the same model in the smallest LightningModule ----------------------------------------
+
+
+class BareModule(L.LightningModule):
+    """What a user writes in twenty lines: loss, a validation count, the optimiser. Nothing logged."""
+
+    def __init__(self, net: nn.Module, optimizer_cfg):
+        super().__init__()
+        self.net, self.optimizer_cfg = net, optimizer_cfg
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def on_validation_epoch_start(self):
+        self.correct = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        self.correct += (self.net(batch[0]).argmax(1) == batch[1]).sum()
+
+    def configure_optimizers(self):
+        return instantiate(self.optimizer_cfg, params=self.parameters())
+
+
+def bare_lightning(cfg, profile=None) -> dict:
+    """Lightning's own loop around plain_loop's model and the framework's batches."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    data.setup("fit")  # the training pixels' mean and std, for Normalize; fit() reuses what it read
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    module = BareModule(
+        nn.Sequential(Normalize(data.mean, data.std), build(model_spec)), cfg.optimizer
+    )
+    clock = EpochClock(started, profile)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+        max_epochs=cfg.trainer.max_epochs, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        default_root_dir=cfg.paths.output_dir,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return {
+        "startup_s": clock.startup_s,
+        "epochs_s": clock.epochs_s,
+        "val_acc": float(module.correct) / len(data.val[1]),
+    }
 
 
 # --- the framework, timed from the inside ------------------------------------------------------------
@@ -253,40 +304,47 @@ def main() -> None:
 
         overrides = [f"model={args.model}", f"data.batch_size={args.batch_size}",
                      f"trainer.max_epochs={args.epochs}", "optimizer=adam", "scheduler=none", *common]  # fmt: skip
+        sides = {  # name -> run(cfg, profile): startup_s, epochs_s (each epoch), val_acc
+            "plain": lambda cfg, profile=None: plain_loop(cfg, device, args.precision, profile),
+            "lightning": bare_lightning,
+            "framework": timed,
+        }
         if args.calls:  # deterministic, unlike seconds: the Python work per training step
-            profiles = {side: cProfile.Profile() for side in ("plain", "framework")}
-            plain = plain_loop(
-                config(overrides, Path(tmp) / "p"), device, args.precision, profiles["plain"]
-            )
-            timed(config(overrides, Path(tmp) / "f"), profiles["framework"])
-            steps = plain["steps"] * (args.epochs - 1)  # epochs 2..N, validation passes included
-            calls = {
-                side: pstats.Stats(prof).total_calls / steps for side, prof in profiles.items()
-            }
-            print(f"{args.model}, batch {args.batch_size}: Python function calls per training step, "
-                  f"epochs 2..{args.epochs}: plain loop {calls['plain']:.0f}, framework {calls['framework']:.0f}")  # fmt: skip
+            calls, steps = {}, None
+            for side, run in sides.items():
+                profile = cProfile.Profile()
+                result = run(config(overrides, Path(tmp) / side), profile=profile)
+                steps = result.get("steps", steps)  # training steps per epoch, from the plain loop
+                calls[side] = pstats.Stats(profile).total_calls
+            # per training step over epochs 2..N, their validation passes included
+            per_step = {side: n / (steps * (args.epochs - 1)) for side, n in calls.items()}
+            cells = ", ".join(f"{side} {n:.0f}" for side, n in per_step.items())
+            print(f"{args.model}, batch {args.batch_size}: Python function calls per training step, epochs 2..{args.epochs}: {cells}")  # fmt: skip
             if args.record:
                 record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
-                        f"{args.epochs} epochs | Python calls per step: plain {calls['plain']:.0f}, framework {calls['framework']:.0f} |"])  # fmt: skip
+                        f"{args.epochs} epochs | Python calls per step: {cells} |"])  # fmt: skip
             return
-        rounds = []
-        for r in range(args.rounds):  # alternate the order, so drift in the machine's speed cancels
-            pair = {}
-            for side in ("plain", "framework") if r % 2 == 0 else ("framework", "plain"):
-                cfg = config(overrides, Path(tmp) / f"{side}{r}")
-                pair[side] = (
-                    plain_loop(cfg, device, args.precision) if side == "plain" else timed(cfg)
-                )
-            rounds.append(pair)
+        rounds, names = [], list(sides)
+        for r in range(args.rounds):  # a rotating order: drift in the machine lands on every side
+            order = names[r % 3 :] + names[: r % 3]
+            rounds.append({side: sides[side](config(overrides, Path(tmp) / f"{side}{r}")) for side in order})  # fmt: skip
 
     def median(epochs: list[float]) -> float:
         return statistics.median(epochs[1:] or epochs)
 
-    ratios = [median(p["framework"]["epochs_s"]) / median(p["plain"]["epochs_s"]) for p in rounds]
-    ratio = statistics.median(ratios)
-    plain_s = statistics.median(median(p["plain"]["epochs_s"]) for p in rounds)
-    ours_s = statistics.median(median(p["framework"]["epochs_s"]) for p in rounds)
-    startups = {side: statistics.median(p[side]["startup_s"] for p in rounds) for side in rounds[0]}
+    def ratio(a: str, b: str) -> tuple[float, list[float]]:
+        each = [median(p[a]["epochs_s"]) / median(p[b]["epochs_s"]) for p in rounds]
+        return statistics.median(each), each
+
+    seconds = {
+        side: statistics.median(median(p[side]["epochs_s"]) for p in rounds) for side in sides
+    }
+    startups = {side: statistics.median(p[side]["startup_s"] for p in rounds) for side in sides}
+    ratios = {
+        "framework / plain loop": ratio("framework", "plain"),  # the goal: <= 1.05
+        "lightning / plain loop": ratio("lightning", "plain"),  # Lightning's own floor
+        "framework / lightning": ratio("framework", "lightning"),  # what the framework adds to it
+    }
     print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
           f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
     print(
@@ -296,14 +354,17 @@ def main() -> None:
         for side, run in pair.items():
             print(f"{r:5d} {side:10} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
                   f"{run['val_acc']:8.4f}  {' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
-        print(f"{r:5d} ratio {ratios[r - 1]:.3f}")
-    print(f"framework / plain loop, per epoch: {ratio:.3f} (median of rounds: "
-          f"{', '.join(f'{x:.3f}' for x in ratios)})")  # fmt: skip
+    for name, (value, each) in ratios.items():
+        print(f"{name}, per epoch: {value:.3f} (rounds: {', '.join(f'{x:.3f}' for x in each)})")
     if args.record:
+        value, each = ratios["framework / plain loop"]
+        floor, floor_each = ratios["lightning / plain loop"]
         record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
-                f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {plain_s:.2f} s/epoch, "
-                f"framework {ours_s:.2f} s/epoch: **ratio {ratio:.3f}** (rounds {', '.join(f'{x:.3f}' for x in ratios)}); "
-                f"start-up {startups['plain']:.1f} s vs {startups['framework']:.1f} s |"])  # fmt: skip
+                f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {seconds['plain']:.2f} s/epoch, "
+                f"bare Lightning {seconds['lightning']:.2f}, framework {seconds['framework']:.2f}: **ratio {value:.3f}** "
+                f"(rounds {', '.join(f'{x:.3f}' for x in each)}); bare Lightning / plain {floor:.3f} "
+                f"(rounds {', '.join(f'{x:.3f}' for x in floor_each)}); start-up {startups['plain']:.1f} s, "
+                f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s |"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -15,6 +16,7 @@ from conftest import REPO, run_cli
 from omegaconf import open_dict
 
 from fmnist_exp import report, resume
+from fmnist_exp.guards import FiniteLossGuard, NonFiniteLoss
 from fmnist_exp.sweep import PARENT_FILE
 
 pytestmark = pytest.mark.slow
@@ -125,6 +127,27 @@ def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path, real_data
     assert jobs[10000].info.status == "FAILED"
     assert "NaN or infinite at optimizer step" in jobs[10000].data.tags["error"]
     assert "optimizer.lr=10000" in done.stderr and "1 job(s) failed" in done.stderr
+
+
+def test_the_loss_guard_names_the_first_non_finite_step_once_per_window():
+    guard = FiniteLossGuard(check_every=4)
+    trainer = SimpleNamespace(global_step=0, current_epoch=1)
+    sgd = {"lr": 3.0, "_target_": "torch.optim.SGD"}
+    module = SimpleNamespace(hparams=SimpleNamespace(optimizer=sgd))
+    for step, loss in enumerate([1.0, 0.5, 0.7, 0.2, 0.4], start=1):  # a finite window of 4: quiet
+        trainer.global_step = step
+        guard.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, step - 1)
+    trainer.global_step = 6
+    guard.on_train_batch_end(trainer, module, torch.tensor(float("inf")), None, 5)  # not looked at
+    with pytest.raises(NonFiniteLoss, match=r"optimizer step 6 \(epoch 1\).*optimizer.lr=3.0, SGD"):
+        guard.on_train_epoch_end(trainer, module)  # the epoch's end looks at a part-filled window
+    guard.on_validation_start(trainer, module)  # nothing since the last look: nothing to raise
+    for step, loss in enumerate([0.3, float("nan"), 0.2], start=7):
+        trainer.global_step = step
+        guard.on_train_batch_end(trainer, module, torch.tensor(loss), None, step - 1)
+    trainer.global_step = 10
+    with pytest.raises(NonFiniteLoss, match="optimizer step 8 "):  # a full window looks by itself
+        guard.on_train_batch_end(trainer, module, torch.tensor(0.1), None, 9)
 
 
 def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):

@@ -87,17 +87,18 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
     # no per-step host sync and no per-step self.log or metric update (their Python bookkeeping
     # cost about 2 ms of a 13 ms lenet_bn step on the CPU). The sums live in a dict and grow in
     # place, so no step goes through nn.Module.__setattr__. sync_dist averages over DDP processes
-    # (equal shards; a no-op in one process). Validation and test use torchmetrics.
+    # (equal shards; a no-op in one process). Validation and test use torchmetrics. A step adds to
+    # two device sums (loss; argmax == label); the count of images is a Python int.
     def on_train_epoch_start(self) -> None:
         zero = torch.zeros((), device=self.device)
-        self.train_sums = {"loss": zero, "correct": zero.clone(), "seen": zero.clone()}
+        self.train_sums = {"loss": zero, "correct": zero.clone(), "seen": 0}
 
     def training_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
         sums, labels = self.train_sums, batch[1]
-        sums["loss"].add_(loss.detach() * len(labels))
-        sums["correct"].add_((logits.detach().argmax(1) == labels).sum())
-        sums["seen"].add_(len(labels))
+        sums["loss"].add_(loss.detach(), alpha=len(labels))
+        sums["correct"].add_((logits.argmax(1) == labels).sum())  # argmax: no graph to detach from
+        sums["seen"] += len(labels)
         if batch_idx + 1 == self.trainer.num_training_batches:  # callbacks read these at epoch end
             epoch = {"on_step": False, "on_epoch": True, "prog_bar": True, "sync_dist": True}
             self.log("train/loss", sums["loss"] / sums["seen"], **epoch)

@@ -1,9 +1,9 @@
 """Guarded training: a diverging loss and a stop signal both end a run cleanly, never silently.
 
-- FiniteLossGuard: the first step whose training loss is NaN or inf is remembered on the device
-  (no per-step host sync); every `check_every` steps and before each validation (so before the
-  epoch's checkpoints) the guard looks, and stops the run with NonFiniteLoss naming that step and
-  the likely cause.
+- FiniteLossGuard: each step's training loss is copied into a small buffer on the device (one copy,
+  no host sync); every `check_every` steps, before each validation (so before the epoch's
+  checkpoints) and at the epoch's end the guard looks at the buffer once, and stops the run with
+  NonFiniteLoss naming the first step whose loss was NaN or inf and the likely cause.
 - StopOnSignal: SIGTERM or SIGINT (a cluster's pre-emption, `kill`, Ctrl+C) raises RunInterrupted
   where the program is; a checkpoint of the moment is saved (interrupted.ckpt) and train() marks the
   run KILLED. last.ckpt (end of the last whole epoch) is what `resume=` continues from.
@@ -34,18 +34,16 @@ class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not
 class FiniteLossGuard(L.Callback):
     def __init__(self, check_every: int = 25):
         self.check_every = check_every
-        self.first_bad_step: torch.Tensor | None = None  # -1 while every loss was finite
+        self.losses: torch.Tensor | None = None  # the losses since the last look, on the device
+        self.steps: list[int] = []  # their optimizer steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        step = trainer.global_step  # the optimizer step this loss produced
-        if self.first_bad_step is None:
-            self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(
-            bad, torch.full_like(self.first_bad_step, step), self.first_bad_step
-        )
-        if step % self.check_every == 0:
+        if self.losses is None:
+            self.losses = torch.empty(self.check_every, device=loss.device)
+        self.losses[len(self.steps)] = loss.detach()
+        self.steps.append(trainer.global_step)  # the optimizer step this loss produced
+        if len(self.steps) == self.check_every:
             self._check(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module):  # before the epoch's checkpoints are written
@@ -55,8 +53,13 @@ class FiniteLossGuard(L.Callback):
         self._check(trainer, pl_module)
 
     def _check(self, trainer, pl_module) -> None:
-        if self.first_bad_step is None or (step := int(self.first_bad_step)) < 0:
+        steps, self.steps = self.steps, []
+        if not steps:
             return
+        finite = torch.isfinite(self.losses[: len(steps)])
+        if bool(finite.all()):  # the one host sync per check_every steps
+            return
+        step = steps[int((~finite).nonzero()[0])]
         optimizer = pl_module.hparams.optimizer
         raise NonFiniteLoss(
             f"The training loss became NaN or infinite at optimizer step {step} (epoch "

@@ -1,0 +1,28 @@
+"""`make bench` runs here: scripts/benchmark.py trains the three sides on the real data and prints
+their ratios. Seconds are not asserted (the machine is noisy); that every side trained is."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--model", "mlp", "--batch-size", "1024", "--epochs", "2", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=os.environ | {"FMNIST_DATA_DIR": str(real_data_dir)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(
+        r"^\s+1 (plain|lightning|framework)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", done.stdout, re.M
+    )
+    assert sorted(side for side, _ in rows) == ["framework", "lightning", "plain"], done.stdout
+    assert all(float(acc) > 0.75 for _, acc in rows), rows  # chance is 0.10
+    for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning"):
+        assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
