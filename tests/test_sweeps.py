@@ -177,6 +177,30 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
     assert seeds.iloc[1].seeds == 1 and pd.isna(seeds.iloc[1].test_acc_std)
 
 
+def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from fmnist_exp.report import plot
+
+    labels = []
+    monkeypatch.setattr(
+        Axes, "annotate", lambda ax, text, xy, **kw: labels.append((text, kw["xytext"]))
+    )
+    seeds = pd.DataFrame({  # params as the report reads them: nullable Int64
+        "model": ["a", "b", "c", "d"], "overrides": "", "params": pd.array([100, 100, 120, 1000], "Int64"),
+        "seeds": 3, "test_acc_mean": [0.90, 0.91, 0.92, 0.80], "test_acc_min": 0.7, "test_acc_max": 0.95,
+        "reference_acc": 0.85, "epochs": 3,
+    })  # fmt: skip
+    assert plot(seeds, tmp_path / "p.png").is_file()
+    # a, b and c (within 1.4x) share one stack, best first, one line each; d stands alone
+    assert labels == [
+        ("c (x3)", (7, 2)),
+        ("b (x3)", (7, -7)),
+        ("a (x3)", (7, -16)),
+        ("d (x3)", (7, 2)),
+    ]
+
+
 def test_a_failed_job_does_not_sink_the_sweep(tmp_path, real_data_dir):
     done = run_cli(
         "--multirun", "model.kernel_size=3,29,5", *TINY, *store_args(tmp_path, real_data_dir)

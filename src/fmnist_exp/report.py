@@ -218,7 +218,12 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
     twice = names.duplicated(keep=False)  # one name, two configs (a file edited between runs)
     names = names.where(~twice, names + ", " + done.epochs.astype(str) + " epochs")
     names = names.where(done.seeds < 2, names + " (x" + done.seeds.astype(str) + ")")
-    for _, column in done.assign(name=names).groupby("params"):  # labels at one x: top to bottom
+    # Labels of points less than 1.4x apart in parameters would run into each other: such a cluster
+    # stacks its labels top to bottom, one line each, below the cluster's best point.
+    labelled = done.assign(name=names).sort_values("params").reset_index(drop=True)
+    params = labelled.params.astype(float)  # Int64 would make the first row's ratio <NA>, no group
+    labelled["cluster"] = (params / params.shift() >= 1.4).cumsum()
+    for _, column in labelled.groupby("cluster"):
         column = column.sort_values("test_acc_mean", ascending=False)
         top = column.test_acc_mean.iloc[0] * 100
         for below, row in enumerate(column.itertuples()):
