@@ -35,6 +35,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from torch import nn
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from record import record  # noqa: E402  (scripts/record.py)
 
 from fmnist_exp.classifier import build  # noqa: E402
+from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.models import Normalize  # noqa: E402
 from fmnist_exp.paths import config_dir, register_resolvers  # noqa: E402
 from fmnist_exp.train import train  # noqa: E402
@@ -68,20 +70,27 @@ def config(overrides: list[str], workdir: Path):
     return cfg
 
 
+def data_and_net(cfg):
+    """The loaded datamodule and the bare network (Normalize + the model) the two reference sides
+    train; the framework builds the same through train()."""
+    torch.manual_seed(cfg.seed)
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    data.setup("fit")  # also the training pixels' mean and std, for Normalize
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    return data, nn.Sequential(Normalize(data.mean, data.std), build(model_spec))
+
+
 # --- the reference: a plain PyTorch loop -----------------------------------------------------------
 
 
 def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
     """profile: a cProfile.Profile to run over epochs 2..N (for --calls)."""
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    data = instantiate(cfg.data)
-    data.prepare_data()
-    data.setup("fit")
+    data, net = data_and_net(cfg)
     x_train, y_train = (t.to(device) for t in data.train)
     x_val, y_val = (t.to(device) for t in data.val)
-    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
-    net = nn.Sequential(Normalize(data.mean, data.std), build(model_spec)).to(device)
+    net = net.to(device)
     optimizer = instantiate(cfg.optimizer, params=net.parameters())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -118,55 +127,6 @@ def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
         profile.disable()
     steps = -(-n // batch)
     return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc, "steps": steps}
-
-
-# --- the floor: the same model in the smallest LightningModule ----------------------------------------
-
-
-class BareModule(L.LightningModule):
-    """What a user writes in twenty lines: loss, a validation count, the optimiser. Nothing logged."""
-
-    def __init__(self, net: nn.Module, optimizer_cfg):
-        super().__init__()
-        self.net, self.optimizer_cfg = net, optimizer_cfg
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self.net(batch[0]), batch[1])
-
-    def on_validation_epoch_start(self):
-        self.correct = torch.zeros((), device=self.device)
-
-    def validation_step(self, batch, batch_idx):
-        self.correct += (self.net(batch[0]).argmax(1) == batch[1]).sum()
-
-    def configure_optimizers(self):
-        return instantiate(self.optimizer_cfg, params=self.parameters())
-
-
-def bare_lightning(cfg, profile=None) -> dict:
-    """Lightning's own loop around plain_loop's model and the framework's batches."""
-    started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    data = instantiate(cfg.data)
-    data.prepare_data()
-    data.setup("fit")  # the training pixels' mean and std, for Normalize; fit() reuses what it read
-    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
-    module = BareModule(
-        nn.Sequential(Normalize(data.mean, data.std), build(model_spec)), cfg.optimizer
-    )
-    clock = EpochClock(started, profile)
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-        max_epochs=cfg.trainer.max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-        default_root_dir=cfg.paths.output_dir,
-    )  # fmt: skip
-    trainer.fit(module, datamodule=data)
-    return {
-        "startup_s": clock.startup_s,
-        "epochs_s": clock.epochs_s,
-        "val_acc": float(module.correct) / len(data.val[1]),
-    }
 
 
 # --- the framework, timed from the inside ------------------------------------------------------------
@@ -244,6 +204,49 @@ def timed(cfg, profile=None) -> dict:
     }
 
 
+# --- the floor: the same model in the smallest LightningModule ----------------------------------------
+
+
+class BareModule(L.LightningModule):
+    """What a user writes in twenty lines: loss, a validation count, the optimiser. Nothing logged."""
+
+    def __init__(self, net: nn.Module, optimizer_cfg):
+        super().__init__()
+        self.net, self.optimizer_cfg = net, optimizer_cfg
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def on_validation_epoch_start(self):
+        self.correct = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        self.correct += (self.net(batch[0]).argmax(1) == batch[1]).sum()
+
+    def configure_optimizers(self):
+        return instantiate(self.optimizer_cfg, params=self.parameters())
+
+
+def bare_lightning(cfg, profile=None) -> dict:
+    """Lightning's own loop around plain_loop's model and the framework's batches."""
+    started = time.perf_counter()
+    data, net = data_and_net(cfg)  # fit() reuses what setup() read
+    module = BareModule(net, cfg.optimizer)
+    clock = EpochClock(started, profile)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+        max_epochs=cfg.trainer.max_epochs, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        default_root_dir=cfg.paths.output_dir,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return {
+        "startup_s": clock.startup_s,
+        "epochs_s": clock.epochs_s,
+        "val_acc": float(module.correct) / len(data.val[1]),
+    }
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -273,6 +276,11 @@ def main() -> None:
         "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
     )
     args = parser.parse_args()
+    if args.rounds < 1 or args.epochs < 1:
+        parser.error(f"--rounds {args.rounds} --epochs {args.epochs}: both must be 1 or more.")
+    if args.calls and args.epochs < 2:
+        parser.error(f"--calls counts epochs 2..N (epoch 1 pays for warm-up): --epochs {args.epochs} "
+                     "leaves none; give --epochs 2 or more.")  # fmt: skip
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -310,14 +318,14 @@ def main() -> None:
             "framework": timed,
         }
         if args.calls:  # deterministic, unlike seconds: the Python work per training step
-            calls, steps = {}, None
+            calls, results = {}, {}
             for side, run in sides.items():
                 profile = cProfile.Profile()
-                result = run(config(overrides, Path(tmp) / side), profile=profile)
-                steps = result.get("steps", steps)  # training steps per epoch, from the plain loop
+                results[side] = run(config(overrides, Path(tmp) / side), profile=profile)
                 calls[side] = pstats.Stats(profile).total_calls
             # per training step over epochs 2..N, their validation passes included
-            per_step = {side: n / (steps * (args.epochs - 1)) for side, n in calls.items()}
+            steps = results["plain"]["steps"] * (args.epochs - 1)
+            per_step = {side: n / steps for side, n in calls.items()}
             cells = ", ".join(f"{side} {n:.0f}" for side, n in per_step.items())
             print(f"{args.model}, batch {args.batch_size}: Python function calls per training step, epochs 2..{args.epochs}: {cells}")  # fmt: skip
             if args.record:
@@ -369,4 +377,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore")  # Lightning's hints about workers and log intervals
-    main()
+    try:
+        main()
+    except (HydraException, UserError) as exc:  # a bad --model, override or setting: no traceback
+        said = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc  # not hydra's wrapper
+        print(f"benchmark: {str(said).split('Config search path')[0].strip()}", file=sys.stderr)
+        sys.exit(2)

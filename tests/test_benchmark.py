@@ -26,3 +26,20 @@ def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
     assert all(float(acc) > 0.75 for _, acc in rows), rows  # chance is 0.10
     for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning"):
         assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--model", "nosuch"], "Could not find 'model/nosuch'"),
+        (["--batch-size", "0"], "data.batch_size=0 must be a positive number"),
+        (["--rounds", "0"], "--rounds 0 --epochs 3: both must be 1 or more"),
+        (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
+    ],
+)
+def test_benchmark_bad_arguments_end_in_one_message(args, said, real_data_dir):
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=300, env=os.environ | {"FMNIST_DATA_DIR": str(real_data_dir)},
+    )  # fmt: skip
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
