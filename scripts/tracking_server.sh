@@ -11,6 +11,10 @@ ACTION=${1:-start}
 DIR=$(realpath -m "${DIR:-mlruns/server}")
 HOST=${HOST:-127.0.0.1}; PORT=${PORT:-5001}; PGPORT=${PGPORT:-5433}
 PY=${PY:-.venv/bin/python}
+if [ "$PORT" = "$PGPORT" ]; then
+  echo "error: PORT=$PORT and PGPORT=$PGPORT are the same port; the MLflow server and PostgreSQL each need their own. Set one of them to another free port." >&2
+  exit 2
+fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$PGBIN" ]; then
   echo "error: PostgreSQL is not installed (looked in /usr/lib/postgresql/*/bin). Run: apt-get install postgresql" >&2

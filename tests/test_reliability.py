@@ -268,11 +268,10 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
 
     import requests
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    with socket.socket() as one, socket.socket() as two:  # both held at once: two different ports
+        one.bind(("127.0.0.1", 0))  # (one at a time, the OS gave the same port twice in a fresh
+        two.bind(("127.0.0.1", 0))  # clone: Postgres took it and MLflow could not bind)
+        ports = [one.getsockname()[1], two.getsockname()[1]]
     home = Path(tempfile.mkdtemp(prefix="fmnist-server-", dir="/tmp"))
     home.chmod(0o755)  # the postgres user must reach its data folder
     env = {
