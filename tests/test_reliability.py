@@ -92,7 +92,9 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
 def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, real_data_dir):
     common = [*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
     process = start([*common, f"hydra.run.dir={tmp_path}/run"])
-    wait_for(tmp_path / "run" / "checkpoints" / "epoch000.ckpt", process)
+    # last.ckpt, not epoch000.ckpt: it is what resume starts from, and it is written just after the
+    # epoch's own checkpoint (a SIGTERM between the two once left nothing to resume from)
+    wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
@@ -106,6 +108,20 @@ def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, rea
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs(tmp_path)
     assert run.info.status == "FINISHED" and len(history(tmp_path, run.info.run_id, "val/acc")) == 3
+
+
+def test_sigterm_before_the_first_epoch_ends_says_to_start_again(tmp_path, real_data_dir):
+    common = [*SHORT, "trainer.limit_train_batches=400", f"data.data_dir={real_data_dir}",
+              f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
+    process = start([*common, f"hydra.run.dir={tmp_path}/run"])
+    wait_for(tmp_path / "run" / "config.yaml", process)  # written once the signal handler is on
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "nothing to resume: run the same command again" in output
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED"
 
 
 def test_resume_errors_are_clear(tmp_path, real_data_dir):

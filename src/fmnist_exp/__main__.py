@@ -34,8 +34,14 @@ def main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["val/acc_best"]
     except RunInterrupted as stopped:
-        print(f"interrupted: {stopped}; the run is KILLED with its checkpoints kept. Continue it "
-              f"with resume=last (same overrides) or resume=<run_id>.", file=sys.stderr)  # fmt: skip
+        then = (
+            "Continue it with resume=last (same overrides) or resume=<run_id>."
+            if stopped.resumable
+            else "It stopped before its first epoch ended, so there is nothing to resume: run the "
+            "same command again."
+        )
+        print(f"interrupted: {stopped}; the run is KILLED with its checkpoints kept. {then}",
+              file=sys.stderr)  # fmt: skip
         sys.exit(128 + getattr(signal, stopped.signal_name, signal.SIGINT))
     except Exception as exc:
         if sweep.in_sweep():

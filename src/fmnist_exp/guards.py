@@ -29,6 +29,7 @@ class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not
     def __init__(self, signal_name: str):
         super().__init__(f"stopped by {signal_name}")
         self.signal_name = signal_name
+        self.resumable = True  # train() says False when no last.ckpt exists to continue from
 
 
 class FiniteLossGuard(L.Callback):

@@ -284,8 +284,15 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         note = f"; checkpoint {stop.saved}" if stop.saved else ""
         client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}{note}"[:5000])
         client.set_terminated(run_id, "KILLED" if killed else "FAILED")
-        if killed and not isinstance(exc, RunInterrupted):
-            raise RunInterrupted(stop.received or "SIGINT") from exc
+        if killed:
+            interrupted = (
+                exc
+                if isinstance(exc, RunInterrupted)
+                else RunInterrupted(stop.received or "SIGINT")
+            )
+            interrupted.resumable = (stop.checkpoint_dir / "last.ckpt").is_file()
+            if interrupted is not exc:
+                raise interrupted from exc
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise UserError(
                 f"{exc.strerror} while writing {exc.filename or output_dir}: run {run_id} is FAILED; "
