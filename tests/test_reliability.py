@@ -349,3 +349,34 @@ def test_a_key_added_later_keeps_older_runs_matching_at_its_neutral_value(make_c
     assert resume.config_hash(
         make_config("experiment=seed_lenet_bn", "model.feature_dropout=0.25")
     ) != resume.config_hash(cfg)
+
+
+def test_numbers_hash_by_value_and_runs_tagged_before_that_are_still_found(make_config):
+    """`data.augment.erase_prob=0` (an int on the command line) is the config's 0.0: same hash, so
+    skip_finished finds the run (a 60-epoch c16_k53 run measured with `=0` was not found by the
+    recipe that defaults to 0.0). Runs tagged with the older hash, which told 0 from 0.0, still match."""
+    default = make_config("experiment=recipe_lenet_bn_c16_k53", "skip_finished=true")
+    typed_int = make_config("experiment=recipe_lenet_bn_c16_k53", "data.augment.erase_prob=0")
+    assert isinstance(default.data.augment.erase_prob, float)
+    assert isinstance(typed_int.data.augment.erase_prob, int)
+    assert resume.config_hash(typed_int) == resume.config_hash(default)
+    other = make_config("experiment=recipe_lenet_bn_c16_k53", "data.augment.erase_prob=0.25")
+    assert resume.config_hash(other) != resume.config_hash(default)
+    assert resume.integral_floats_as_ints({"a": [1.0, 1e-3, True, float("nan")]})["a"][:3] == [
+        1,
+        1e-3,
+        True,
+    ]
+
+    digest, older = resume.config_hashes(default)
+    assert digest != older  # the config has integral floats: the two hashes differ
+    client = mlflow.MlflowClient(default.mlflow.tracking_uri)
+    experiment = client.create_experiment(default.mlflow.experiment)
+    tagged_before = client.create_run(experiment, tags={"config_hash": older})
+    client.set_terminated(tagged_before.info.run_id, "FINISHED")
+    action, previous = resume.choose(default, (digest, older))
+    assert (action, previous.run_id) == ("skip", tagged_before.info.run_id)
+    tagged_now = client.create_run(experiment, tags={"config_hash": digest})
+    client.set_terminated(tagged_now.info.run_id, "FINISHED")
+    action, previous = resume.choose(default, (digest, older))
+    assert (action, previous.run_id) == ("skip", tagged_now.info.run_id)  # newest first

@@ -1,7 +1,8 @@
 """Runs that survive being killed: a config hash per run, resume=<run_id>|last, skip_finished=true.
 
 Every run is tagged `config_hash`: a hash of its resolved config without the keys that say where or
-how to run it (paths, MLflow location, resume switches, progress bars). Its checkpoints hold the
+how to run it (paths, MLflow location, resume switches, progress bars), numbers by value (an
+override `=0` for a float key is the config's 0.0). Its checkpoints hold the
 MLflow run id and the training seconds so far. `resume=` continues a run from `last.ckpt` (written
 at the end of every epoch) into the same MLflow run; `skip_finished=true` (for re-running a killed
 sweep) skips a job whose identical config already has a FINISHED run and resumes one that has an
@@ -49,12 +50,34 @@ def experiment_part(plain: dict) -> dict:
     return plain
 
 
-def hash_of(plain: dict) -> str:
+def integral_floats_as_ints(value):
+    """0.0 -> 0, 1e-3 stays: `data.augment.erase_prob=0` on the command line (an int) is the same
+    experiment as the config's 0.0. Bools stay bools."""
+    if isinstance(value, dict):
+        return {k: integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _digest(plain: dict) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def hash_of(plain: dict) -> str:
+    """The config_hash of an experiment_part: numbers by value (0 and 0.0 hash alike)."""
+    return _digest(integral_floats_as_ints(plain))
+
+
+def config_hashes(cfg: DictConfig) -> tuple[str, str]:
+    """(config_hash, the hash the same config had before numbers were hashed by value): runs tagged
+    before 2026-11-25 carry the second, so resume and skip_finished look for both."""
+    plain = experiment_part(OmegaConf.to_container(cfg, resolve=True))
+    return hash_of(plain), _digest(plain)
+
+
 def config_hash(cfg: DictConfig) -> str:
-    return hash_of(experiment_part(OmegaConf.to_container(cfg, resolve=True)))
+    return config_hashes(cfg)[0]
 
 
 @dataclass
@@ -85,17 +108,26 @@ def find_run(tracking_uri: str, run_id: str) -> Previous:
     return _previous(run)
 
 
-def same_config_runs(tracking_uri: str, experiment: str, digest: str) -> list[Previous]:
-    """Runs of this exact config, newest first."""
+def same_config_runs(
+    tracking_uri: str, experiment: str, digests: tuple[str, ...]
+) -> list[Previous]:
+    """Runs tagged with any of these config hashes, newest first."""
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    runs = client.search_runs(
-        [found.experiment_id], f"tags.config_hash = '{digest}'",
-        order_by=["attributes.start_time DESC"], max_results=50,
-    )  # fmt: skip
-    return [_previous(r) for r in runs]
+    runs = {
+        run.info.run_id: run
+        for digest in dict.fromkeys(digests)  # MLflow's filter has no IN for tags: one search each
+        for run in client.search_runs(
+            [found.experiment_id],
+            f"tags.config_hash = '{digest}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+    }
+    newest_first = sorted(runs.values(), key=lambda r: r.info.start_time, reverse=True)
+    return [_previous(r) for r in newest_first]
 
 
 def resumable(previous: Previous, key: str) -> Previous:
@@ -113,14 +145,15 @@ def resumable(previous: Previous, key: str) -> Previous:
     return previous
 
 
-def choose(cfg: DictConfig, digest: str) -> tuple[str, Previous | None]:
-    """("new" | "resume" | "skip", the previous run), from cfg.resume and cfg.skip_finished."""
+def choose(cfg: DictConfig, digests: tuple[str, str]) -> tuple[str, Previous | None]:
+    """("new" | "resume" | "skip", the previous run), from cfg.resume and cfg.skip_finished;
+    `digests` as config_hashes gives them."""
     uri, resume = cfg.mlflow.tracking_uri, cfg.get("resume")
     if not resume and not cfg.get("skip_finished"):
         return "new", None
     if resume and resume != "last":
         return "resume", resumable(find_run(uri, str(resume)), f"resume={resume}")
-    runs = same_config_runs(uri, cfg.mlflow.experiment, digest)
+    runs = same_config_runs(uri, cfg.mlflow.experiment, digests)
     if cfg.get("skip_finished") and (done := [r for r in runs if r.status == "FINISHED"]):
         return "skip", done[0]
     unfinished = [r for r in runs if r.status != "FINISHED" and r.last_checkpoint.is_file()]
@@ -128,7 +161,7 @@ def choose(cfg: DictConfig, digest: str) -> tuple[str, Previous | None]:
         if not unfinished:
             raise UserError(
                 f"resume=last: no unfinished run with a last.ckpt has this config (config_hash "
-                f"{digest}) in experiment {cfg.mlflow.experiment!r}. Pass the same overrides as the "
+                f"{digests[0]}) in experiment {cfg.mlflow.experiment!r}. Pass the same overrides as the "
                 f"interrupted command, or resume=<run_id>."
             )
         return "resume", unfinished[0]

@@ -137,8 +137,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         )
     if cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
         tracking.check_server(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
-    digest = resume.config_hash(cfg)
-    action, previous = resume.choose(cfg, digest)
+    digests = resume.config_hashes(cfg)  # (the tag, the same config's pre-2026-11-25 tag)
+    action, previous = resume.choose(cfg, digests)
     if action == "skip":
         return skip_finished_run(cfg, previous)
     if action == "resume":  # the run's own config and folder; checkpoints continue there
@@ -211,7 +211,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
             **sweep.job_tags(),  # nests the run under its sweep's parent run
             **{k: str(v) for k, v in cfg.get("tags", {}).items()},  # e.g. reference_acc
-            "config_hash": digest,
+            "config_hash": digests[0],
         },
         run_id=previous.run_id if previous else None,
     )
