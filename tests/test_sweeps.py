@@ -184,7 +184,7 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
 
     labels = []
     monkeypatch.setattr(
-        Axes, "annotate", lambda ax, text, xy, **kw: labels.append((text, kw["xytext"]))
+        Axes, "annotate", lambda ax, text, xy, **kw: labels.append((text, xy[0], kw["xytext"]))
     )
     seeds = pd.DataFrame({  # params as the report reads them: nullable Int64
         "model": ["a", "b", "c", "d"], "overrides": "", "params": pd.array([100, 100, 120, 1000], "Int64"),
@@ -192,12 +192,13 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
         "reference_acc": 0.85, "epochs": 3,
     })  # fmt: skip
     assert plot(seeds, tmp_path / "p.png").is_file()
-    # a, b and c (within 1.4x) share one stack, best first, one line each; d stands alone
+    # a, b and c (within 1.4x) share one stack right of c (the largest), best first, one line
+    # each; d stands alone
     assert labels == [
-        ("c (x3)", (7, 2)),
-        ("b (x3)", (7, -7)),
-        ("a (x3)", (7, -16)),
-        ("d (x3)", (7, 2)),
+        ("c (x3)", 120, (7, 2)),
+        ("b (x3)", 120, (7, -7)),
+        ("a (x3)", 120, (7, -16)),
+        ("d (x3)", 1000, (7, 2)),
     ]
 
 

@@ -219,15 +219,16 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
     names = names.where(~twice, names + ", " + done.epochs.astype(str) + " epochs")
     names = names.where(done.seeds < 2, names + " (x" + done.seeds.astype(str) + ")")
     # Labels of points less than 1.4x apart in parameters would run into each other: such a cluster
-    # stacks its labels top to bottom, one line each, below the cluster's best point.
+    # stacks its labels top to bottom, one line each, right of its largest model, from its best
+    # accuracy down (anchored at each point, a left point's label ran through the right points).
     labelled = done.assign(name=names).sort_values("params").reset_index(drop=True)
     params = labelled.params.astype(float)  # Int64 would make the first row's ratio <NA>, no group
     labelled["cluster"] = (params / params.shift() >= 1.4).cumsum()
     for _, column in labelled.groupby("cluster"):
         column = column.sort_values("test_acc_mean", ascending=False)
-        top = column.test_acc_mean.iloc[0] * 100
+        right, top = float(column.params.max()), column.test_acc_mean.iloc[0] * 100
         for below, row in enumerate(column.itertuples()):
-            ax.annotate(row.name, (row.params, top), fontsize=7, xytext=(7, 2 - 9 * below),
+            ax.annotate(row.name, (right, top), fontsize=7, xytext=(7, 2 - 9 * below),
                         textcoords="offset points")  # fmt: skip
     published = done.dropna(subset=["reference_acc"])
     if not published.empty:
