@@ -80,6 +80,11 @@ def config_hash(cfg: DictConfig) -> str:
     return config_hashes(cfg)[0]
 
 
+def last_checkpoint(output_dir: Path) -> Path:
+    """What resume= continues from: ModelCheckpoint's save_last file in the run's folder."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
 @dataclass
 class Previous:
     """A run to continue (or, when finished, to skip)."""
@@ -90,7 +95,7 @@ class Previous:
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.output_dir / "checkpoints" / "last.ckpt"
+        return last_checkpoint(self.output_dir)
 
 
 def _previous(run) -> Previous:

@@ -290,7 +290,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
                 if isinstance(exc, RunInterrupted)
                 else RunInterrupted(stop.received or "SIGINT")
             )
-            interrupted.resumable = (stop.checkpoint_dir / "last.ckpt").is_file()
+            interrupted.resumable = resume.last_checkpoint(output_dir).is_file()
             if interrupted is not exc:
                 raise interrupted from exc
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
