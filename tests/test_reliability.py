@@ -130,6 +130,9 @@ def test_resume_errors_are_clear(tmp_path, real_data_dir):
     assert done.returncode == 2 and "resume=0123456789abcdef: no such run" in done.stderr
     done = run_cli(*SHORT, *common, "resume=last")
     assert done.returncode == 2 and "resume=last: no unfinished run" in done.stderr
+    done = run_cli(*SHORT, *common, "skip_finished=flase")  # a typo: a string, truthy
+    assert done.returncode == 2 and "skip_finished=flase: must be true or false" in done.stderr
+    assert runs(tmp_path) == []  # refused before any run exists
 
 
 def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path, real_data_dir):

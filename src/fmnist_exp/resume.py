@@ -21,7 +21,7 @@ import mlflow
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp.errors import UserError
+from fmnist_exp.errors import ConfigError, UserError
 
 NOT_PART_OF_THE_EXPERIMENT = ("paths", "mlflow", "resume", "skip_finished")
 TRAINER_COSMETICS = ("enable_progress_bar", "enable_model_summary", "default_root_dir")
@@ -153,13 +153,19 @@ def resumable(previous: Previous, key: str) -> Previous:
 def choose(cfg: DictConfig, digests: tuple[str, str]) -> tuple[str, Previous | None]:
     """("new" | "resume" | "skip", the previous run), from cfg.resume and cfg.skip_finished;
     `digests` as config_hashes gives them."""
-    uri, resume = cfg.mlflow.tracking_uri, cfg.get("resume")
-    if not resume and not cfg.get("skip_finished"):
+    uri, resume, skip = cfg.mlflow.tracking_uri, cfg.get("resume"), cfg.get("skip_finished", False)
+    # a typo such as `skip_finished=flase` is a non-empty string, so it would count as true
+    if not isinstance(skip, bool):
+        raise ConfigError(
+            f"skip_finished={skip}: must be true or false. Pass skip_finished=true to skip configs "
+            f"that already FINISHED (and resume unfinished ones), or leave it out."
+        )
+    if not resume and not skip:
         return "new", None
     if resume and resume != "last":
         return "resume", resumable(find_run(uri, str(resume)), f"resume={resume}")
     runs = same_config_runs(uri, cfg.mlflow.experiment, digests)
-    if cfg.get("skip_finished") and (done := [r for r in runs if r.status == "FINISHED"]):
+    if skip and (done := [r for r in runs if r.status == "FINISHED"]):
         return "skip", done[0]
     unfinished = [r for r in runs if r.status != "FINISHED" and r.last_checkpoint.is_file()]
     if resume == "last":
@@ -170,7 +176,7 @@ def choose(cfg: DictConfig, digests: tuple[str, str]) -> tuple[str, Previous | N
                 f"interrupted command, or resume=<run_id>."
             )
         return "resume", unfinished[0]
-    if cfg.get("skip_finished") and unfinished:
+    if skip and unfinished:
         return "resume", unfinished[0]
     return "new", None
 
