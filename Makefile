@@ -8,6 +8,8 @@ TORCH  ?= torch==2.13.0
 PORT   ?= 5000
 STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
+# pytest workers for `make test` (pytest-xdist); 0 runs the suite in one process
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data browser train test lint report ui serve predict bench screenshot tracking-server clean distclean
@@ -37,7 +39,7 @@ train: setup  ## the main job: LeNet+BN on Fashion-MNIST, tracked in MLflow (ARG
 
 test: setup  ## ruff, then the test suite on fast configs and the real dataset
 	$(PY) -m ruff check src tests scripts
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 lint: $(VENV)/.installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts

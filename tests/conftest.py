@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -16,6 +17,19 @@ from fmnist_exp.paths import config_dir, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 register_resolvers()
+
+
+def share_the_cores() -> None:
+    """Under pytest-xdist (`make test` runs 2 workers) each worker, and every process it starts,
+    gets its share of the cores: torch's default, one thread per core in each worker, would
+    oversubscribe them. An OMP_NUM_THREADS set by the caller wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cores()
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +113,9 @@ def mlflow_runs(tracking_uri: str, experiment: str = "fashion-mnist"):
 
     client = mlflow.MlflowClient(tracking_uri)
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests (subprocesses, real training) first, each group in file order: the xdist workers
+    then share out the long ones early and finish together on the short ones."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # every test here starts `python -m fmnist_exp`
+
 
 def fast(tmp_path: Path, data_dir: Path) -> list[str]:
     return ["trainer=fast", f"data.data_dir={data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

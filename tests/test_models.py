@@ -144,7 +144,7 @@ SEED_ROWS = {  # experiment -> (parameters, the blog's test accuracy)
     "seed_lenet_bn_c32_k33": (306_622, 0.940),
 }
 RECIPES = ["recipe_mlp", "recipe_lenet", "recipe_lenet_relu", "recipe_lenet_bn", "recipe_lenet_bn_c16",
-           "recipe_lenet_bn_c16_k53"]  # fmt: skip
+           "recipe_lenet_bn_c16_k53", "recipe_lenet_bn_c16_k33"]  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

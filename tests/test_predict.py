@@ -36,6 +36,7 @@ def run_predict(*args: str, tracking_uri: str):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_predict_cli_on_png_test_images(tmp_path, trained_model, real_data):
     images, labels = real_data.test_images[:300], real_data.test_labels[:300]
     write_pngs(tmp_path / "pngs", images, labels)

@@ -119,7 +119,7 @@ def test_outputs_stay_in_the_run_folder(trained):
             "trainer.precision=bf16-mixed",
         ],
         pytest.param(["model=lenet_bn", "model.compile=true"], marks=pytest.mark.slow),
-        ["experiment=best", "trainer.max_epochs=1"],
+        pytest.param(["experiment=best", "trainer.max_epochs=1"], marks=pytest.mark.slow),
     ],
     ids=["mlp-sgd-cosine", "lenet-adamw-onecycle-augment", "relu-80_10_10-smoothing",
          "bn-dropout-erase-tta-channels_last-bf16", "bn-compiled", "flagship"],

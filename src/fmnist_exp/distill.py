@@ -71,7 +71,10 @@ def _check_split(run, data: dict) -> None:
 
 def load_teachers(tracking_uri: str, run_ids: list[str], data: dict) -> list[torch.nn.Module]:
     """Each teacher run's best network (eval mode, CPU), after checking that the run exists, is
-    FINISHED and trained on our split."""
+    FINISHED and trained on our split. No teachers: the store is not opened (a run that fails its
+    config checks leaves no tracking DB behind)."""
+    if not run_ids:
+        return []
     client = mlflow.MlflowClient(tracking_uri)
     teachers = []
     for run_id in map(str, run_ids):
