@@ -63,7 +63,7 @@ def serving(command: list[str], health_url: str, env: dict, timeout_s: float = 1
             try:
                 if requests.get(health_url, timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy starting
                 time.sleep(0.5)
         yield
     finally:

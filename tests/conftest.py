@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,23 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
         [sys.executable, "-m", "fmnist_exp", *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def wait_until_it_answers(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Poll `url` until it answers 200 while `process` (a server starting up) stays alive. Refused
+    connections and slow answers (a server busy starting its workers on a loaded machine) both
+    mean "not yet"; only the deadline or the process's exit end the wait."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s:.0f} s"
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

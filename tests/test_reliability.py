@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_until_it_answers
 from omegaconf import open_dict
 
 from fmnist_exp import report, resume
@@ -285,8 +285,6 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
     import socket
     import tempfile
 
-    import requests
-
     with socket.socket() as one, socket.socket() as two:  # both held at once: two different ports
         one.bind(("127.0.0.1", 0))  # (one at a time, the OS gave the same port twice in a fresh
         two.bind(("127.0.0.1", 0))  # clone: Postgres took it and MLflow could not bind)
@@ -304,15 +302,7 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     uri = f"http://127.0.0.1:{ports[0]}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the tracking server did not start"
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
+        wait_until_it_answers(f"{uri}/health", server)
         done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=1,2,3,4",
                        "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
                        "trainer.limit_test_batches=1", f"data.data_dir={real_data_dir}",

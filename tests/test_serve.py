@@ -6,13 +6,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
+from conftest import REPO, wait_until_it_answers
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,7 +20,6 @@ from fmnist_exp import inference
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.serve import create_app
 
-REPO = Path(__file__).resolve().parents[1]
 # `mlflow models serve` execs `uvicorn` by name: the venv's bin/ must be on PATH even when the venv
 # is not activated (make test runs .venv/bin/python directly).
 VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -129,16 +128,12 @@ def start_server(command: list[str], url: str, tracking_uri: str, timeout_s: flo
         command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": VENV_PATH},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if requests.get(url, timeout=1).ok:
-                return process
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    process.kill()
-    pytest.fail(f"{command} did not answer {url} in {timeout_s}s")
+    try:
+        wait_until_it_answers(url, process, timeout_s)
+    except AssertionError:
+        process.kill()
+        raise
+    return process
 
 
 @pytest.fixture(scope="module")
