@@ -91,13 +91,15 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int 
 def wait_until_it_answers(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
     """Poll `url` until it answers 200 while `process` (a server starting up) stays alive. Refused
     connections and slow answers (a server busy starting its workers on a loaded machine) both
-    mean "not yet"; only the deadline or the process's exit end the wait."""
+    mean "not yet"; only the deadline (which kills the process) or the process's exit end the wait."""
     import requests
 
     deadline = time.monotonic() + timeout_s
     while True:
         assert process.poll() is None, process.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s:.0f} s"
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{url} did not answer in {timeout_s:.0f} s")
         try:
             if requests.get(url, timeout=2).ok:
                 return

@@ -7,6 +7,7 @@ from conftest import run_cli
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.mark.slow
 def test_trainer_gpu_trains_on_the_gpu(tmp_path, real_data_dir):
     done = run_cli("model=lenet_bn", "trainer=gpu", "trainer.max_epochs=1", "++trainer.limit_train_batches=20",
                    f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
@@ -27,6 +28,7 @@ def test_device_batches_equal_cpu_batches_for_the_same_seed():
         assert x_gpu.is_cuda and torch.equal(x_gpu.cpu(), x_cpu) and torch.equal(y_gpu.cpu(), y_cpu)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_on_the_gpu(tmp_path, real_data_dir):
     done = run_cli("model=lenet_bn", "trainer=gpu", "trainer.precision=bf16-mixed", "trainer.max_epochs=1",
                    "++trainer.limit_train_batches=20", f"data.data_dir={real_data_dir}",

@@ -128,11 +128,7 @@ def start_server(command: list[str], url: str, tracking_uri: str, timeout_s: flo
         command, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": VENV_PATH},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    try:
-        wait_until_it_answers(url, process, timeout_s)
-    except AssertionError:
-        process.kill()
-        raise
+    wait_until_it_answers(url, process, timeout_s)
     return process
 
 
