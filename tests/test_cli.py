@@ -54,6 +54,7 @@ def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
         ("data.split=by_class", "data.split='by_class' is not one of"),
         ("++trainer.no_such_arg=1", "unexpected keyword argument 'no_such_arg'"),
         ("data.batch_size=abc", "data.batch_size='abc' must be a positive number"),
+        ("seed=abc", "seed='abc' must be an int from 0 to 4294967295"),
         (
             "trainer.max_epochs=-5",
             "`max_epochs` must be a non-negative integer or -1. You passed in -5",

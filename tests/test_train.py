@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.train import train
+from fmnist_exp.train import check_seed, train
 
 
 def the_only_run(cfg):
@@ -144,6 +144,13 @@ def test_bad_model_fails_before_any_run_is_made(make_config):
     assert client.search_experiments() == [] or not client.search_runs(
         [e.experiment_id for e in client.search_experiments()]
     )
+
+
+@pytest.mark.parametrize("seed", ["abc", -1, 2**32, True, 1.5])
+def test_a_seed_numpy_cannot_take_names_the_key(seed):
+    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"seed=.* must be an int from 0 to 4294967295"):
+        check_seed(seed)
 
 
 def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):

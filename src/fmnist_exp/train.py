@@ -73,6 +73,17 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
         ) from exc
 
 
+def check_seed(seed) -> int:
+    """`seed`, checked: an int in numpy's range. Lightning's seed_everything ends in a traceback for
+    'abc' or an out-of-range seed, and truncates 1.5 to 1 without a word."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(
+            f"seed={seed!r} must be an int from 0 to 4294967295: it seeds python, numpy, torch and "
+            f"the batch order. Pass e.g. seed=1, or seed=1,2,3 with --multirun."
+        )
+    return seed
+
+
 def check_distill(node: DictConfig | None) -> dict:
     """The `distill` block, checked: teachers a list of run ids, weight in [0, 1], temperature > 0."""
     found = OmegaConf.to_container(node, resolve=True) if node is not None else {}
@@ -143,7 +154,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         return skip_finished_run(cfg, previous)
     if action == "resume":  # the run's own config and folder; checkpoints continue there
         cfg = continue_config(cfg, previous)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(check_seed(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(
         output_dir, "paths.output_dir (hydra.run.dir)"
