@@ -256,7 +256,7 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument(
         "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rounds < 1 or args.epochs < 1:
         parser.error(f"--rounds {args.rounds} --epochs {args.epochs}: both must be 1 or more.")
     if args.calls and args.epochs < 2:
@@ -285,7 +285,7 @@ def main() -> None:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    command = "python scripts/benchmark.py " + " ".join(argv)
     common = [f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
 
@@ -375,11 +375,18 @@ def main() -> None:
                 f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s |"])  # fmt: skip
 
 
-if __name__ == "__main__":
-    warnings.filterwarnings("ignore")  # Lightning's hints about workers and log intervals
+def run(argv: list[str]) -> int:
+    """main(argv) as the command runs it: exit status 0, or 2 with one line for a bad --model,
+    override or setting (argparse's own errors exit 2 too)."""
     try:
-        main()
-    except (HydraException, UserError) as exc:  # a bad --model, override or setting: no traceback
+        main(argv)
+    except (HydraException, UserError) as exc:
         said = exc.__cause__ if isinstance(exc.__cause__, UserError) else exc  # not hydra's wrapper
         print(f"benchmark: {str(said).split('Config search path')[0].strip()}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")  # Lightning's hints about workers and log intervals
+    sys.exit(run(sys.argv[1:]))

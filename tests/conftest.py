@@ -1,6 +1,9 @@
 """Shared fixtures: the real dataset, composed configs with fast settings, a private MLflow store."""
 
+import functools
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,27 @@ def real_data(real_data_dir: Path) -> dataset.FashionMNIST:
     return dataset.load([real_data_dir])
 
 
+@functools.cache
+def migrated_empty_store() -> Path:
+    """An empty sqlite tracking store with MLflow's schema in place, made once per test process."""
+    import mlflow
+
+    db = Path(tempfile.mkdtemp(prefix="fmnist-store-")) / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # runs the migrations
+    return db
+
+
+def ready_store(folder: Path) -> str:
+    """sqlite:///<folder>/mlflow.db, made as a copy of the migrated empty store (a new one spends
+    ~2 s in MLflow's schema migrations). The tests about making a store (the sweeps "on a fresh
+    sqlite store", the CLI runs) start from nothing instead."""
+    db = folder / "mlflow.db"
+    if not db.exists():  # a test composes several configs on one store
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_empty_store(), db)
+    return f"sqlite:///{db}"
+
+
 def compose_config(overrides: list[str], tmp_path: Path, data_dir: Path) -> DictConfig:
     """The real config, made fast and private: its own output dir and sqlite store under tmp_path."""
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
@@ -59,7 +83,7 @@ def compose_config(overrides: list[str], tmp_path: Path, data_dir: Path) -> Dict
             overrides=[
                 "trainer=fast",
                 f"data.data_dir={data_dir}",
-                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+                f"mlflow.tracking_uri={ready_store(tmp_path / 'mlruns')}",
                 *overrides,
             ],
             return_hydra_config=True,
@@ -76,16 +100,51 @@ def make_config(tmp_path: Path, real_data_dir: Path):
     return lambda *overrides: compose_config(list(overrides), tmp_path, real_data_dir)
 
 
+def with_scratch_dirs(args: tuple[str, ...]) -> tuple[str, ...]:
+    """Hydra's folders go to a fresh temporary directory unless ARGS name them, so no test writes
+    into the checkout's outputs/."""
+    if any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
+        return args
+    scratch = tempfile.mkdtemp(prefix="fmnist-cli-")
+    return (*args, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep")
+
+
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
-    """`python -m fmnist_exp ARGS` in a subprocess, as a user would type it. Hydra's folders go to a
-    fresh temporary directory unless ARGS name them, so no test writes into the checkout's outputs/."""
-    if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
-        scratch = tempfile.mkdtemp(prefix="fmnist-cli-")
-        args = (*args, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep")
+    """`python -m fmnist_exp ARGS` in a subprocess, as a user would type it: for what only a real
+    process shows (its exit status and stderr, signals, the environment, parallel workers)."""
     return subprocess.run(
-        [sys.executable, "-m", "fmnist_exp", *args],
+        [sys.executable, "-m", "fmnist_exp", *with_scratch_dirs(args)],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """`python -m fmnist_exp ARGS` inside the test process: the same Hydra entry point, command-line
+    parsing and error handling (SystemExit's code is the exit status), without the ~8 s a new
+    process spends importing Lightning and MLflow. For runs that stop at bad input or train a few
+    steps; `env` is set for the call only. Returns a CompletedProcess like run_cli."""
+    from fmnist_exp.__main__ import main
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        args = with_scratch_dirs(args)
+        capsys.readouterr()  # only this call's output
+        handlers, level = logging.root.handlers[:], logging.root.level  # Hydra sets up its own
+        with monkeypatch.context() as scoped:
+            scoped.setattr(sys, "argv", ["fmnist_exp", *args])
+            for key, value in (env or {}).items():
+                scoped.setenv(key, value)
+            try:
+                main()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            finally:
+                logging.root.handlers[:], logging.root.level = handlers, level
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["fmnist_exp", *args], code, out, err)
+
+    return run
 
 
 def wait_until_it_answers(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:

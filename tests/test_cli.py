@@ -1,4 +1,6 @@
-"""The command line as users type it, in subprocesses: success, the store it writes, and errors."""
+"""The command line as users type it: success, the store it writes, and errors. The tests marked
+slow start `python -m fmnist_exp` in a subprocess; the others call the same entry point in the test
+process (`run_main`), which is how most bad-input cases stay fast."""
 
 import os
 import subprocess
@@ -9,8 +11,6 @@ import mlflow
 import pytest
 import torch
 from conftest import REPO, run_cli
-
-pytestmark = pytest.mark.slow  # every test here starts `python -m fmnist_exp`
 
 
 def fast(tmp_path: Path, data_dir: Path) -> list[str]:
@@ -23,6 +23,7 @@ def runs_in(uri: str) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+@pytest.mark.slow
 def test_train_command_prints_the_summary(tmp_path, real_data_dir):
     done = run_cli("model=lenet_bn", *fast(tmp_path, real_data_dir))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,6 +35,7 @@ def test_train_command_prints_the_summary(tmp_path, real_data_dir):
     assert (tmp_path / "run" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
     args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("mlflow.tracking_uri")]
     env_store = f"sqlite:///{tmp_path}/from_env.db"
@@ -61,30 +63,42 @@ def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
         ),
     ],
 )
-def test_bad_input_is_one_paragraph_and_leaves_no_run(tmp_path, real_data_dir, override, expected):
-    done = run_cli(*fast(tmp_path, real_data_dir), override)
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and expected in error_lines[0], done.stderr[-2000:]
+def test_bad_input_is_one_paragraph_and_leaves_no_run(
+    run_main, tmp_path, real_data_dir, override, expected
+):
+    done = run_main(*fast(tmp_path, real_data_dir), override)
+    assert_one_paragraph_error(done, expected)
     assert not (tmp_path / "mlflow.db").exists() or runs_in(f"sqlite:///{tmp_path}/mlflow.db") == []
 
 
+def assert_one_paragraph_error(done, expected: str) -> None:
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and expected in error_lines[0], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_real_process_exits_2_without_a_traceback(tmp_path, real_data_dir):
+    """The cases above in the test process; one through `python -m fmnist_exp`, as users meet it."""
+    done = run_cli(*fast(tmp_path, real_data_dir), "model.channels=0")
+    assert_one_paragraph_error(done, "model.channels=0 must be a positive int")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
-def test_gpu_without_a_gpu_is_lightnings_clear_error(tmp_path, real_data_dir):
-    done = run_cli(*fast(tmp_path, real_data_dir), "trainer.accelerator=gpu")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "error: " in done.stderr and "GPU" in done.stderr
+def test_gpu_without_a_gpu_is_lightnings_clear_error(run_main, tmp_path, real_data_dir):
+    done = run_main(*fast(tmp_path, real_data_dir), "trainer.accelerator=gpu")
+    assert_one_paragraph_error(done, "GPU")
 
 
-def test_unknown_config_option_lists_the_choices(tmp_path):
-    done = run_cli("model=resnet9000")
+def test_unknown_config_option_lists_the_choices(run_main):
+    done = run_main("model=resnet9000")
     assert done.returncode != 0
     assert "Could not find 'model/resnet9000'" in done.stderr and "lenet_bn" in done.stderr
 
 
-def test_any_trainer_argument_can_be_set(tmp_path, real_data_dir):
-    done = run_cli(
+def test_any_trainer_argument_can_be_set(run_main, tmp_path, real_data_dir):
+    done = run_main(
         *fast(tmp_path, real_data_dir), "++trainer.max_steps=2", "mlflow.log_model=false"
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -92,6 +106,7 @@ def test_any_trainer_argument_can_be_set(tmp_path, real_data_dir):
     assert run.data.params["trainer.max_steps"] == "2"
 
 
+@pytest.mark.slow
 def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
     """`pip install .` then `python -m fmnist_exp --cfg job` elsewhere: conf/ ships in the wheel."""
     wheels, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"

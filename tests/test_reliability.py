@@ -1,5 +1,6 @@
 """Nothing lost: kill -9 and resume, SIGTERM, a diverging job in a sweep, finishing a killed sweep,
-many writers on one sqlite store. Real processes, real signals, the real dataset."""
+many writers on one sqlite store. Real processes, real signals, the real dataset (the slow tests);
+the errors that stop a run before it starts go through the entry point in the test process."""
 
 import os
 import signal
@@ -19,7 +20,6 @@ from fmnist_exp import report, resume
 from fmnist_exp.guards import FiniteLossGuard, NonFiniteLoss
 from fmnist_exp.sweep import PARENT_FILE
 
-pytestmark = pytest.mark.slow
 SHORT = ["trainer=fast", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "mlflow.log_model=false"]  # fmt: skip
 
@@ -53,6 +53,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 180) -> N
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_path, real_data_dir):
     # epochs long enough (~2 s on a fast CPU) that the kill lands inside the second one
     common = [*SHORT, "trainer.limit_train_batches=150", f"data.data_dir={real_data_dir}",
@@ -89,6 +90,7 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     assert abs(run.data.metrics["test/acc"] - uninterrupted.data.metrics["test/acc"]) < 0.02
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, real_data_dir):
     common = [*SHORT, f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
     process = start([*common, f"hydra.run.dir={tmp_path}/run"])
@@ -110,6 +112,7 @@ def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, rea
     assert run.info.status == "FINISHED" and len(history(tmp_path, run.info.run_id, "val/acc")) == 3
 
 
+@pytest.mark.slow
 def test_sigterm_before_the_first_epoch_ends_says_to_start_again(tmp_path, real_data_dir):
     common = [*SHORT, "trainer.limit_train_batches=400", f"data.data_dir={real_data_dir}",
               f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
@@ -124,17 +127,18 @@ def test_sigterm_before_the_first_epoch_ends_says_to_start_again(tmp_path, real_
     assert run.info.status == "KILLED"
 
 
-def test_resume_errors_are_clear(tmp_path, real_data_dir):
+def test_resume_errors_are_clear(run_main, tmp_path, real_data_dir):
     common = [f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
-    done = run_cli(*common, "resume=0123456789abcdef")
+    done = run_main(*common, "resume=0123456789abcdef")
     assert done.returncode == 2 and "resume=0123456789abcdef: no such run" in done.stderr
-    done = run_cli(*SHORT, *common, "resume=last")
+    done = run_main(*SHORT, *common, "resume=last")
     assert done.returncode == 2 and "resume=last: no unfinished run" in done.stderr
-    done = run_cli(*SHORT, *common, "skip_finished=flase")  # a typo: a string, truthy
+    done = run_main(*SHORT, *common, "skip_finished=flase")  # a typo: a string, truthy
     assert done.returncode == 2 and "skip_finished=flase: must be true or false" in done.stderr
     assert runs(tmp_path) == []  # refused before any run exists
 
 
+@pytest.mark.slow
 def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path, real_data_dir):
     done = run_cli("--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.01,10000", *SHORT,
                    f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
@@ -169,6 +173,7 @@ def test_the_loss_guard_names_the_first_non_finite_step_once_per_window():
         guard.on_train_batch_end(trainer, module, torch.tensor(0.1), None, 9)
 
 
+@pytest.mark.slow
 def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     sweep = ["--multirun", "model=lenet_bn", "model.channels=4,6", *SHORT, f"data.data_dir={real_data_dir}",
              f"mlflow.tracking_uri={store(tmp_path)}"]  # fmt: skip
@@ -204,6 +209,7 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     assert set(table.run_id) == {after["4"].info.run_id, after["6"].info.run_id}
 
 
+@pytest.mark.slow
 def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_dir):
     done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=1,2,3,4,5,6,7,8",
                    "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
@@ -221,9 +227,9 @@ def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_d
     assert os.path.getsize(tmp_path / "mlflow.db") > 0
 
 
-def test_an_unwritable_output_folder_fails_before_any_run(tmp_path, real_data_dir):
+def test_an_unwritable_output_folder_fails_before_any_run(run_main, tmp_path, real_data_dir):
     (tmp_path / "a_file").write_text("not a folder")
-    done = run_cli("trainer=fast", f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
+    done = run_main("trainer=fast", f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
                    f"hydra.run.dir={tmp_path}/a_file/run")  # fmt: skip
     assert (
         done.returncode == 2
@@ -233,6 +239,7 @@ def test_an_unwritable_output_folder_fails_before_any_run(tmp_path, real_data_di
     assert runs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_run_and_says_how_to_resume(make_config, monkeypatch):
     import errno
 
@@ -254,15 +261,15 @@ def test_a_full_disk_fails_the_run_and_says_how_to_resume(make_config, monkeypat
     assert run.info.status == "FAILED"
 
 
-def test_an_unreachable_tracking_server_fails_fast(tmp_path, real_data_dir):
+def test_an_unreachable_tracking_server_fails_fast(run_main, tmp_path, real_data_dir):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    done = run_cli("trainer=fast", f"data.data_dir={real_data_dir}", f"hydra.run.dir={tmp_path}/run",
-                   env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})  # fmt: skip
+    done = run_main("trainer=fast", f"data.data_dir={real_data_dir}", f"hydra.run.dir={tmp_path}/run",
+                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})  # fmt: skip
     assert (
         done.returncode == 2
         and f"tracking server http://127.0.0.1:{port} does not answer" in done.stderr
@@ -273,6 +280,7 @@ def test_an_unreachable_tracking_server_fails_fast(tmp_path, real_data_dir):
 POSTGRES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not POSTGRES,
     reason="needs Debian's postgresql (`make setup` installs it where apt-get runs as root)",
