@@ -16,7 +16,7 @@ from conftest import REPO, wait_until_it_answers
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fmnist_exp import inference
+from fmnist_exp import inference, serve
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.serve import create_app
 
@@ -162,14 +162,17 @@ def test_real_uvicorn_serves_best_on_localhost_only(live_server, trained_model, 
             assert s.connect_ex((address, port)) != 0
 
 
-@pytest.mark.slow
-def test_unknown_model_uri_fails_at_start_up(trained_model):
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist_exp.serve", "model_uri=models:/nope/3", f"port={free_port()}"],
-        cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": trained_model["tracking_uri"]},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2 and "error: model_uri=models:/nope/3" in result.stderr
+def test_unknown_model_uri_fails_at_start_up(trained_model, monkeypatch, capsys):
+    """`python -m fmnist_exp.serve model_uri=...` through its main(), in the test process."""
+    import uvicorn
+
+    def serve_anyway(*args, **kwargs):
+        raise AssertionError("it started serving an unknown model")
+
+    monkeypatch.setattr(uvicorn, "run", serve_anyway)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model["tracking_uri"])
+    assert serve.main(["model_uri=models:/nope/3", f"port={free_port()}"]) == 2
+    assert "error: model_uri=models:/nope/3" in capsys.readouterr().err
 
 
 @pytest.mark.slow
