@@ -28,6 +28,18 @@ def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
         assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
 
 
+@pytest.fixture(scope="module")
+def benchmark():
+    """scripts/benchmark.py as a module (it is a script, not part of the package)."""
+    with pytest.MonkeyPatch.context() as scoped:
+        scoped.syspath_prepend(str(REPO / "scripts"))  # its `from record import record`
+        path = REPO / "scripts" / "benchmark.py"
+        spec = importlib.util.spec_from_file_location("benchmark_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize(
     "args, said",
     [
@@ -37,15 +49,9 @@ def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
         (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
     ],
 )
-def test_benchmark_bad_arguments_end_in_one_message(args, said, real_data_dir, monkeypatch, capsys):
+def test_benchmark_bad_arguments_end_in_one_message(args, said, benchmark, real_data_dir, monkeypatch, capsys):  # fmt: skip
     """In the test process, through run(): what `python scripts/benchmark.py ARGS` exits with."""
     monkeypatch.setenv("FMNIST_DATA_DIR", str(real_data_dir))
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # its `from record import record`
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_script", REPO / "scripts" / "benchmark.py"
-    )
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     try:
         code = benchmark.run(args)
     except SystemExit as exit_:  # argparse's errors

@@ -239,7 +239,6 @@ def test_an_unwritable_output_folder_fails_before_any_run(run_main, tmp_path, re
     assert runs(tmp_path) == []
 
 
-@pytest.mark.slow
 def test_a_full_disk_fails_the_run_and_says_how_to_resume(make_config, monkeypatch):
     import errno
 
