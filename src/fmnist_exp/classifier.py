@@ -125,8 +125,22 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         # computed here, where every DDP process takes part in the sync; read by rank 0 afterwards
         self.test_confusion_counts = self.test_confusion.compute().cpu()
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The `optimizer` config on this model's parameters. A value torch refuses (optimizer.lr=-1)
+        is a ConfigError naming the group's settings; train() builds it once before the run exists."""
+        try:
+            return instantiate(self.hparams.optimizer, params=self.parameters())
+        except Exception as exc:
+            spec = dict(self.hparams.optimizer)
+            settings = " ".join(f"optimizer.{k}={v}" for k, v in spec.items() if k != "_target_")
+            raise ConfigError(
+                f"{spec.get('_target_')} refused the optimizer settings ({settings}): "
+                f"{exc.__cause__ or exc}. Fix the value it names on the command line or in "
+                f"conf/optimizer/."
+            ) from exc
+
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = self.make_optimizer()
         if not self.hparams.scheduler:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

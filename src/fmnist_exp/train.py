@@ -189,6 +189,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         distill_weight=distill_cfg["weight"] if distill_cfg["teachers"] else 0.0,
         distill_temperature=distill_cfg["temperature"],
     )
+    model.make_optimizer()  # a setting torch refuses fails here, before the MLflow run exists
     params_total, params_trainable = count_parameters(model.net)
     if cfg.model.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
