@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning  # noqa: F401  (see below)
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -20,6 +21,10 @@ from fmnist_exp import dataset
 from fmnist_exp.paths import config_dir, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
+# `import lightning` gives its logger a console handler on sys.stderr as it is at that moment. Here
+# that is pytest's stream for the whole session; imported first inside a test (run_main, when only
+# test_cli.py runs), it was that test's capsys stream, closed afterwards: every later test's
+# "Seed set to 42" then printed a "--- Logging error ---" traceback into its stderr.
 register_resolvers()
 
 

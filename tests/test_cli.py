@@ -58,6 +58,7 @@ def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
         ("data.batch_size=abc", "data.batch_size='abc' must be a positive number"),
         ("seed=abc", "seed='abc' must be an int from 0 to 4294967295"),
         ("optimizer.lr=-1", "refused the optimizer settings (optimizer.lr=-1"),
+        ("ema.decay=1.5", "ema.decay=1.5 must be a number between 0 and 1"),
         (
             "trainer.max_epochs=-5",
             "`max_epochs` must be a non-negative integer or -1. You passed in -5",

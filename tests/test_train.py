@@ -1,5 +1,8 @@
 """Real (short) training runs on the real data, read back through the MLflow client."""
 
+from pathlib import Path
+
+import lightning as L
 import mlflow
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.train import check_seed, train
+from fmnist_exp.train import check_seed, ema_callback, train
 
 
 def the_only_run(cfg):
@@ -164,3 +167,39 @@ def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):
         train(cfg)
     _, run = the_only_run(cfg)
     assert run.info.status == "FAILED" and "boom" in run.data.tags["error"]
+
+
+def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
+    """ema.decay: every checkpoint's weights are the moving average of the weights after each
+    step (recomputed here from a copy taken after every step); the raw weights ride along for
+    resume=. Averaging starts from the first step's weights, as torch's AveragedModel does."""
+    decay, steps = 0.6, []
+
+    class EveryStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    cfg = make_config("ema.decay=0.6", "trainer.limit_train_batches=4", "mlflow.log_model=false")
+    train(cfg, extra_callbacks=[EveryStep()])
+    (best,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
+    saved = torch.load(best, weights_only=False)
+    assert len(steps) == 4
+    for name, raw in saved["current_model_state"].items():
+        assert torch.equal(raw, steps[-1][name]), name  # the weights training goes on from
+        if raw.is_floating_point() and "num_batches_tracked" not in name:
+            average = steps[0][name]
+            for step in steps[1:]:
+                average = decay * average + (1 - decay) * step[name]
+            assert torch.allclose(saved["state_dict"][name], average, atol=1e-6), name
+    moved = [n for n, v in saved["state_dict"].items() if not torch.equal(v, steps[-1][n])]
+    assert any(n.endswith("weight") for n in moved)  # the checkpoint holds the average, not the raw
+    # what test, predict and serve load: the average
+    loaded = Classifier.load_from_checkpoint(best, map_location="cpu")
+    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in loaded.state_dict().items())
+
+
+@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", True])
+def test_an_ema_decay_outside_0_1_names_the_key(decay):
+    with pytest.raises(ConfigError, match=r"ema\.decay=.* must be a number between 0 and 1"):
+        ema_callback(OmegaConf.create({"decay": decay}))
+    assert ema_callback(OmegaConf.create({"decay": None})) is None and ema_callback(None) is None

@@ -29,7 +29,7 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
 # Keys added after runs were recorded, with the value that trains exactly as before the key existed:
 # at that value they stay out of the hash, so older FINISHED runs still count for skip_finished.
 ADDED_LATER = {("model", "feature_dropout"): 0.0}
-OFF_WHEN_EMPTY = {"distill": "teachers"}  # blocks added later: out of the hash while switched off
+OFF_WHEN_EMPTY = {"distill": "teachers", "ema": "decay"}  # blocks added later: out of the hash while switched off
 
 
 def experiment_part(plain: dict) -> dict:

@@ -17,7 +17,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import distill, plots, resume, sweep, tracking
@@ -112,6 +117,22 @@ def check_distill(node: DictConfig | None) -> dict:
     return settings
 
 
+def ema_callback(node: DictConfig | None) -> EMAWeightAveraging | None:
+    """The `ema` block: Lightning's EMAWeightAveraging for a decay in (0, 1), None when off. It keeps
+    the average beside the model, validates on it (so the best checkpoint is picked on it), saves
+    it as the checkpoint's weights (test, the logged model, predict and serve use it) and keeps the
+    raw weights and the average's state in the checkpoint for resume=."""
+    decay = node.get("decay") if node is not None else None  # a config.yaml from before `ema`
+    if decay is None:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ConfigError(
+            f"ema.decay={decay!r} must be a number between 0 and 1 (each step keeps that share of "
+            f"the average), e.g. ema.decay=0.999; ema.decay=null switches the average off."
+        )
+    return EMAWeightAveraging(decay=float(decay))
+
+
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
 
 
@@ -161,6 +182,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     )  # also checked by Hydra's callback, before Hydra makes it
 
     distill_cfg = check_distill(cfg.get("distill"))  # teachers checked before the data loads
+    ema = ema_callback(cfg.get("ema"))
     teachers = distill.load_teachers(
         cfg.mlflow.tracking_uri, distill_cfg["teachers"], dict(cfg.data)
     )
@@ -208,7 +230,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     stop = StopOnSignal(output_dir / "checkpoints")
     clock = resume.FitClock()  # training seconds, summed over the legs of a resumed run
     ours = CallbackBundle(history, FiniteLossGuard(), stop, clock, *extra_callbacks)  # see lean.py
-    callbacks: list[Callback] = [checkpoint, ours]
+    callbacks: list[Callback] = [checkpoint, ours, *([ema] if ema else [])]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     model_name, overrides = describe_run(cfg)
