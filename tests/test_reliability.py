@@ -127,6 +127,46 @@ def test_sigterm_before_the_first_epoch_ends_says_to_start_again(tmp_path, real_
     assert run.info.status == "KILLED"
 
 
+def test_a_resumed_run_ends_with_exactly_the_weights_of_one_never_stopped(tmp_path, real_data_dir):
+    """Stopped as SIGTERM stops it (RunInterrupted at the start of epoch 2) and resumed: the same
+    batches in the same order (epoch 2's, not epoch 0's again, which resumed runs used to train
+    on), the same dropout draws (the random states ride in the checkpoint), the optimizer, schedule
+    and moving average restored: the last checkpoint is bit for bit the straight run's, raw weights
+    and average alike."""
+    import lightning as L
+    from conftest import compose_config
+
+    from fmnist_exp.guards import RunInterrupted
+    from fmnist_exp.train import train
+
+    class StopAtEpoch2(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RunInterrupted("SIGTERM")
+
+    common = ["trainer.max_epochs=3", "trainer.limit_train_batches=10", "mlflow.log_model=false",
+              "ema.decay=0.9", "data.augment.hflip=true", "model.dropout=0.2"]  # fmt: skip
+    straight = compose_config(common, tmp_path / "straight", real_data_dir)
+    train(straight)
+    cut = compose_config(common, tmp_path / "cut", real_data_dir)
+    with pytest.raises(RunInterrupted):
+        train(cut, extra_callbacks=[StopAtEpoch2()])
+    (killed,) = mlflow.MlflowClient(cut.mlflow.tracking_uri).search_runs(["1"])
+    assert killed.info.status == "KILLED"
+    train(
+        compose_config([*common, f"resume={killed.info.run_id}"], tmp_path / "cut", real_data_dir)
+    )
+
+    def last(folder):
+        return torch.load(folder / "run/checkpoints/last.ckpt", weights_only=False)
+
+    a, b = last(tmp_path / "straight"), last(tmp_path / "cut")
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"] == 30
+    for weights in ("state_dict", "current_model_state"):  # the average, the raw weights
+        for name, value in a[weights].items():
+            assert torch.equal(value, b[weights][name]), (weights, name)
+
+
 def test_resume_errors_are_clear(run_main, tmp_path, real_data_dir):
     common = [f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}"]
     done = run_main(*common, "resume=0123456789abcdef")

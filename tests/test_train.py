@@ -170,14 +170,21 @@ def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):
 
 
 def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
-    """ema.decay: every checkpoint's weights are the moving average of the weights after each
-    step (recomputed here from a copy taken after every step); the raw weights ride along for
-    resume=. Averaging starts from the first step's weights, as torch's AveragedModel does."""
-    decay, steps = 0.6, []
+    """ema.decay: the checkpoint's weights, and what the test measures, are the moving average of
+    the weights after each step (recomputed here from a copy taken after every step); the raw
+    weights ride along for resume=. The average starts at the first step's weights, as torch's
+    AveragedModel does."""
+    decay, steps, tested = 0.6, [], {}
+
+    def weights(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     class EveryStep(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *args):
-            steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+            steps.append(weights(pl_module))
+
+        def on_test_start(self, trainer, pl_module):
+            tested.update(weights(pl_module))
 
     cfg = make_config("ema.decay=0.6", "trainer.limit_train_batches=4", "mlflow.log_model=false")
     train(cfg, extra_callbacks=[EveryStep()])
@@ -193,9 +200,11 @@ def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
             assert torch.allclose(saved["state_dict"][name], average, atol=1e-6), name
     moved = [n for n, v in saved["state_dict"].items() if not torch.equal(v, steps[-1][n])]
     assert any(n.endswith("weight") for n in moved)  # the checkpoint holds the average, not the raw
-    # what test, predict and serve load: the average
+    # what the test measured (Lightning's own callback put the raw weights back for it) and what
+    # predict, serve and distillation load: the average
     loaded = Classifier.load_from_checkpoint(best, map_location="cpu")
-    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in loaded.state_dict().items())
+    for module_weights in (tested, loaded.state_dict()):
+        assert all(torch.equal(v, saved["state_dict"][k]) for k, v in module_weights.items())
 
 
 @pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", True])

@@ -7,7 +7,7 @@ batches hold raw pixels and the logged model takes raw pixels too.
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +26,8 @@ class TensorBatches:
 
     Under DDP each of `world_size` processes takes every world_size-th image of the same
     permutation, and the training set is trimmed so every process runs the same number of steps.
+    Epoch k's order comes from seed + k: `epoch_of` (the trainer's current epoch) names k when
+    each epoch starts, so a resumed run's epoch 2 gets epoch 2's order; without it, k counts up from 0.
     """
 
     def __init__(
@@ -38,14 +40,14 @@ class TensorBatches:
         augment: dict | None = None,
         rank: int = 0,
         world_size: int = 1,
-        epoch: int = 0,
+        epoch_of: Callable[[], int] | None = None,
         soft_targets: torch.Tensor | None = None,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.soft_targets = soft_targets  # [N, 10] per image (distill.py): batches become (x, y, t)
         self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
         self.rank, self.world_size = rank, world_size
-        self.epoch = epoch  # the next epoch's number: its seed is seed + epoch
+        self.epoch, self.epoch_of = 0, epoch_of  # the next epoch's number: its seed is seed + epoch
 
     def _count(self) -> int:
         n = len(self.labels)
@@ -62,8 +64,9 @@ class TensorBatches:
         device, n, size = self.images.device, len(self.labels), self.batch_size
         # Randomness comes from a CPU generator and goes to the device once per epoch: the same seed
         # gives the same batches on every device, with no per-step host transfer.
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+        epoch = self.epoch_of() if self.epoch_of else self.epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        self.epoch = epoch + 1
         order = torch.randperm(n, generator=generator).to(device) if self.shuffle else None
         choices = {  # per image, indexed like self.images
             k: v.to(device) for k, v in draw_choices(n, generator, **self.augment).items()
@@ -205,9 +208,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
             soft = self.soft_targets = soft.to(images.device)
         return TensorBatches(
             images, labels, self.batch_size, shuffle=True, seed=self.shuffle_seed,
-            augment=self.augment, **self._shard(),
-            epoch=self.trainer.current_epoch if self.trainer else 0,  # a resumed run goes on, not over
-            soft_targets=soft,
+            augment=self.augment, **self._shard(), soft_targets=soft,
+            epoch_of=lambda: self.trainer.current_epoch,  # read when the epoch starts: after a resume
         )  # fmt: skip
 
     def val_dataloader(self) -> TensorBatches:

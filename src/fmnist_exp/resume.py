@@ -12,12 +12,15 @@ unfinished run.
 import copy
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import mlflow
+import numpy as np
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +32,10 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
 # Keys added after runs were recorded, with the value that trains exactly as before the key existed:
 # at that value they stay out of the hash, so older FINISHED runs still count for skip_finished.
 ADDED_LATER = {("model", "feature_dropout"): 0.0}
-OFF_WHEN_EMPTY = {"distill": "teachers", "ema": "decay"}  # blocks added later: out of the hash while switched off
+OFF_WHEN_EMPTY = {
+    "distill": "teachers",
+    "ema": "decay",
+}  # blocks added later: out of the hash while switched off
 
 
 def experiment_part(plain: dict) -> dict:
@@ -213,6 +219,37 @@ class FitClock(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["fit_seconds"] = self.seconds()
+
+
+def numpy_state_as_tensors() -> tuple:
+    """np.random.get_state() with its key array as a tensor: checkpoints load with weights_only."""
+    name, key, *rest = np.random.get_state()
+    return (name, torch.from_numpy(key.copy()), *rest)
+
+
+class RandomStateInCheckpoints(L.Callback):
+    """The global random states (python, numpy, torch, CUDA) in every checkpoint, put back when a
+    run resumes from it: dropout then draws what it would have drawn had the run never stopped.
+    (The batch order and augmentation come from their own per-epoch seed: datamodule.py.)"""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["random_states"] = {
+            "python": random.getstate(),
+            "numpy": numpy_state_as_tensors(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("random_states")  # none in checkpoints from before 2026-11-25
+        if trainer.state.fn != TrainerFn.FITTING or states is None:
+            return
+        random.setstate(states["python"])
+        name, key, *rest = states["numpy"]
+        np.random.set_state((name, key.numpy(), *rest))
+        torch.set_rng_state(states["torch"])
+        if torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RunIdInCheckpoints(L.Callback):

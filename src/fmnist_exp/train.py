@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     RichProgressBar,
 )
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import distill, plots, resume, sweep, tracking
@@ -117,7 +118,18 @@ def check_distill(node: DictConfig | None) -> dict:
     return settings
 
 
-def ema_callback(node: DictConfig | None) -> EMAWeightAveraging | None:
+class MovingAverage(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging, except that outside fit the checkpoint's weights (the
+    average) stay in the model. Lightning 2.6 restores callbacks for trainer.test(ckpt_path="best")
+    too, and the stock callback, still holding its average from fit, would load the checkpoint's
+    raw weights (`current_model_state`) back into the model: the test would measure those."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # resume=: the raw weights and the average
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def ema_callback(node: DictConfig | None) -> MovingAverage | None:
     """The `ema` block: Lightning's EMAWeightAveraging for a decay in (0, 1), None when off. It keeps
     the average beside the model, validates on it (so the best checkpoint is picked on it), saves
     it as the checkpoint's weights (test, the logged model, predict and serve use it) and keeps the
@@ -130,7 +142,7 @@ def ema_callback(node: DictConfig | None) -> EMAWeightAveraging | None:
             f"ema.decay={decay!r} must be a number between 0 and 1 (each step keeps that share of "
             f"the average), e.g. ema.decay=0.999; ema.decay=null switches the average off."
         )
-    return EMAWeightAveraging(decay=float(decay))
+    return MovingAverage(decay=float(decay))
 
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
@@ -229,7 +241,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     history = EpochHistory()
     stop = StopOnSignal(output_dir / "checkpoints")
     clock = resume.FitClock()  # training seconds, summed over the legs of a resumed run
-    ours = CallbackBundle(history, FiniteLossGuard(), stop, clock, *extra_callbacks)  # see lean.py
+    ours = CallbackBundle(  # see lean.py
+        history, FiniteLossGuard(), stop, clock, resume.RandomStateInCheckpoints(), *extra_callbacks
+    )
     callbacks: list[Callback] = [checkpoint, ours, *([ema] if ema else [])]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
