@@ -86,8 +86,8 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
         *common[:-1], f"mlflow.tracking_uri={store(straight)}", f"hydra.run.dir={straight}/run"
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    (uninterrupted,) = runs(straight)
-    assert abs(run.data.metrics["test/acc"] - uninterrupted.data.metrics["test/acc"]) < 0.02
+    (uninterrupted,) = runs(straight)  # resumed at an epoch's start: the same training exactly
+    assert run.data.metrics["test/acc"] == uninterrupted.data.metrics["test/acc"]
 
 
 @pytest.mark.slow
