@@ -18,7 +18,7 @@ from omegaconf import open_dict
 
 from fmnist_exp import report, resume
 from fmnist_exp.guards import FiniteLossGuard, NonFiniteLoss
-from fmnist_exp.sweep import PARENT_FILE
+from fmnist_exp.sweep import PARENT_FILE, processes_under
 
 SHORT = ["trainer=fast", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
          "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "mlflow.log_model=false"]  # fmt: skip
@@ -247,6 +247,36 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     table = report.build_table(report.select_runs(store(tmp_path), "fashion-mnist", second, "")[0])
     assert sorted(table.status) == ["FINISHED", "FINISHED (reused)"]
     assert set(table.run_id) == {after["4"].info.run_id, after["6"].info.run_id}
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_marks_the_parent_killed(
+    tmp_path, real_data_dir
+):
+    """`kill <sweep pid>` used to end only the sweep's own process: joblib's workers trained on as
+    orphans and the parent run stayed RUNNING."""
+    process = start(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.channels=4,6",
+                     *SHORT, "trainer.limit_train_batches=150", f"data.data_dir={real_data_dir}",
+                     f"mlflow.tracking_uri={store(tmp_path)}", f"hydra.sweep.dir={tmp_path}/sweep"])  # fmt: skip
+    for job in ("0", "1"):  # both jobs under way, with something to resume from
+        wait_for(tmp_path / "sweep" / job / "checkpoints" / "last.ckpt", process)
+    workers = processes_under(process.pid)
+    assert workers  # joblib's worker processes
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "Finish it with the same command and skip_finished=true" in output
+    (parent,) = [r for r in runs(tmp_path) if r.data.tags.get("sweep") == "parent"]
+    assert parent.info.status == "KILLED" and "SIGTERM" in parent.data.tags["error"]
+    jobs = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
+    assert len(jobs) == 2 and {r.info.status for r in jobs} <= {"KILLED", "FINISHED"}
+    assert any(r.info.status == "KILLED" for r in jobs)  # each of the 2 had 2 epochs to go
+    deadline = time.monotonic() + 30
+    while (
+        alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive  # no worker trains on
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ def main(cfg: DictConfig) -> float:
         )
         print(f"interrupted: {stopped}; the run is KILLED with its checkpoints kept. {then}",
               file=sys.stderr)  # fmt: skip
+        if (whole_sweep := sweep.StopTheSweep.current) is not None:  # a job in the sweep's process
+            whole_sweep.stopped(stopped.signal_name)
         sys.exit(128 + getattr(signal, stopped.signal_name, signal.SIGINT))
     except Exception as exc:
         if sweep.in_sweep():

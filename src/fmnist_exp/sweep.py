@@ -6,8 +6,13 @@ parent's id in the sweep folder, where every job (local process, joblib worker, 
 At the end it sums the sweep up on the parent run, lists failed jobs, and exits non-zero if any.
 """
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -78,6 +83,77 @@ def record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
     client.set_terminated(run.info.run_id, "FAILED")
 
 
+def processes_under(root: int) -> list[int]:
+    """Every process below `root` (Linux /proc; elsewhere none): a joblib or submitit_local
+    launcher's workers and whatever they started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the process name, in parentheses, may hold spaces: fields start after its ")"
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopTheSweep:
+    """In the sweep's own process: SIGTERM / SIGINT go on to the job processes (each job then does
+    what a single run does: checkpoint, run KILLED), and once no job's run is RUNNING (60 s at
+    most) the parent run is marked KILLED and the sweep exits 128+signal, saying how to finish it.
+    Without it, `kill <sweep pid>` left joblib's workers training on as orphans and the parent
+    RUNNING. Jobs that run in this process (the basic launcher) catch the signal themselves, and
+    __main__ calls stopped() for them."""
+
+    current: "StopTheSweep | None" = None  # set in the sweep's own process only
+
+    def __init__(self, uri: str, parent_id: str):
+        self.uri, self.parent_id, self.pid = uri, parent_id, os.getpid()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # only it may handle signals
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        StopTheSweep.current = self
+
+    def close(self) -> None:
+        """The sweep ended: the handlers from before it come back."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        StopTheSweep.current = None
+
+    def _handle(self, signum, frame) -> None:
+        signal.signal(signum, signal.SIG_IGN)  # one shutdown; a second Ctrl+C must not cut it short
+        for pid in processes_under(self.pid):
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signum)
+        client = mlflow.MlflowClient(self.uri)
+        experiment = client.get_run(self.parent_id).info.experiment_id
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.search_runs(
+            [experiment], f"{child_filter(self.parent_id)} and attributes.status = 'RUNNING'"
+        ):
+            time.sleep(0.5)
+        self.stopped(signal.Signals(signum).name)
+        sys.exit(128 + signum)
+
+    def stopped(self, signal_name: str) -> None:
+        client = mlflow.MlflowClient(self.uri)
+        client.set_tag(self.parent_id, "error", f"sweep stopped by {signal_name}")
+        client.set_terminated(self.parent_id, "KILLED")
+        print(
+            f"interrupted: sweep {self.parent_id} stopped by {signal_name}; its parent run is "
+            f"KILLED, and jobs under way kept their checkpoints. Finish it with the same command "
+            f"and skip_finished=true: finished jobs are reused, stopped ones resumed.",
+            file=sys.stderr,
+        )
+
+
 class MLflowSweep(Callback):
     """Hydra callback (conf/train.yaml: hydra.callbacks.mlflow_sweep)."""
 
@@ -94,8 +170,11 @@ class MLflowSweep(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
         log.info("sweep parent run %s in %s", run.info.run_id, uri)
+        StopTheSweep(uri, run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if StopTheSweep.current is not None:
+            StopTheSweep.current.close()
         uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
         parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
         client = mlflow.MlflowClient(uri)
