@@ -151,7 +151,8 @@ def test_a_resumed_run_ends_with_exactly_the_weights_of_one_never_stopped(tmp_pa
     cut = compose_config(common, tmp_path / "cut", real_data_dir)
     with pytest.raises(RunInterrupted):
         train(cut, extra_callbacks=[StopAtEpoch2()])
-    (killed,) = mlflow.MlflowClient(cut.mlflow.tracking_uri).search_runs(["1"])
+    client = mlflow.MlflowClient(cut.mlflow.tracking_uri)
+    (killed,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
     assert killed.info.status == "KILLED"
     train(
         compose_config([*common, f"resume={killed.info.run_id}"], tmp_path / "cut", real_data_dir)

@@ -32,10 +32,8 @@ EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
 # Keys added after runs were recorded, with the value that trains exactly as before the key existed:
 # at that value they stay out of the hash, so older FINISHED runs still count for skip_finished.
 ADDED_LATER = {("model", "feature_dropout"): 0.0}
-OFF_WHEN_EMPTY = {
-    "distill": "teachers",
-    "ema": "decay",
-}  # blocks added later: out of the hash while switched off
+# Blocks added later: out of the hash while switched off (their switch empty or null).
+OFF_WHEN_EMPTY = {"distill": "teachers", "ema": "decay"}
 
 
 def experiment_part(plain: dict) -> dict:

@@ -90,6 +90,11 @@ def check_seed(seed) -> int:
     return seed
 
 
+def is_number(value) -> bool:
+    """An int or float from the config; True and False are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_distill(node: DictConfig | None) -> dict:
     """The `distill` block, checked: teachers a list of run ids, weight in [0, 1], temperature > 0."""
     found = OmegaConf.to_container(node, resolve=True) if node is not None else {}
@@ -104,14 +109,11 @@ def check_distill(node: DictConfig | None) -> dict:
             f"'distill.teachers=[<run_id>,<run_id>]' ([] = no distillation)."
         )
 
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    if not number(weight) or not 0 <= weight <= 1:
+    if not is_number(weight) or not 0 <= weight <= 1:
         raise ConfigError(
             f"distill.weight={weight!r} must be in [0, 1]: the share of the loss on the teachers."
         )
-    if not number(temperature) or temperature <= 0:
+    if not is_number(temperature) or temperature <= 0:
         raise ConfigError(
             f"distill.temperature={temperature!r} must be a number > 0 (1 = plain probabilities)."
         )
@@ -137,7 +139,7 @@ def ema_callback(node: DictConfig | None) -> MovingAverage | None:
     decay = node.get("decay") if node is not None else None  # a config.yaml from before `ema`
     if decay is None:
         return None
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+    if not is_number(decay) or not 0 < decay < 1:
         raise ConfigError(
             f"ema.decay={decay!r} must be a number between 0 and 1 (each step keeps that share of "
             f"the average), e.g. ema.decay=0.999; ema.decay=null switches the average off."
