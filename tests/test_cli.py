@@ -60,6 +60,10 @@ def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
         ("optimizer.lr=-1", "refused the optimizer settings (optimizer.lr=-1"),
         ("ema.decay=1.5", "ema.decay=1.5 must be a number between 0 and 1"),
         (
+            "ema=0.999",
+            "ema=0.999 sets a whole block of settings to one value; set its keys instead, e.g. ema.decay=",
+        ),
+        (
             "trainer.max_epochs=-5",
             "`max_epochs` must be a non-negative integer or -1. You passed in -5",
         ),

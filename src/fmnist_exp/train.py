@@ -33,7 +33,7 @@ from fmnist_exp.errors import ConfigError, UserError, user_error
 from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
 from fmnist_exp.lean import CallbackBundle, QuietProfiler
 from fmnist_exp.models import count_parameters
-from fmnist_exp.paths import check_writable
+from fmnist_exp.paths import check_writable, config_dir
 
 
 class EpochHistory(Callback):
@@ -77,6 +77,19 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
             f"Lightning rejected the trainer settings (trainer.accelerator={trainer_cfg.accelerator}, "
             f"devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}.{gpu_hint}"
         ) from exc
+
+
+def check_blocks(cfg: DictConfig) -> None:
+    """`ema=0.999` (a value where a block of settings belongs) ended in an AttributeError
+    traceback: the blocks a switch turns on (resume.OFF_WHEN_EMPTY) must stay blocks."""
+    for block, switch in resume.OFF_WHEN_EMPTY.items():
+        if (value := cfg.get(block)) is not None and not isinstance(value, DictConfig):
+            keys = OmegaConf.load(config_dir() / "train.yaml")[block]
+            raise ConfigError(
+                f"{block}={value!r} sets a whole block of settings to one value; set its keys "
+                f"instead, e.g. {block}.{switch}=<value> (its keys: "
+                f"{', '.join(f'{block}.{k}' for k in keys)}; defaults in conf/train.yaml)."
+            )
 
 
 def check_seed(seed) -> int:
@@ -183,6 +196,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         )
     if cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
         tracking.check_server(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
+    check_blocks(cfg)
     digests = resume.config_hashes(cfg)  # (the tag, the same config's pre-2026-11-25 tag)
     action, previous = resume.choose(cfg, digests)
     if action == "skip":
