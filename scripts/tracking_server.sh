@@ -10,6 +10,7 @@ set -euo pipefail
 ACTION=${1:-start}
 DIR=$(realpath -m "${DIR:-mlruns/server}")
 HOST=${HOST:-127.0.0.1}; PORT=${PORT:-5001}; PGPORT=${PGPORT:-5433}
+WORKERS=${WORKERS:-4}  # server processes (MLflow's default); fewer for a small team or a test
 PY=${PY:-.venv/bin/python}
 if [ "$PORT" = "$PGPORT" ]; then
   echo "error: PORT=$PORT and PGPORT=$PGPORT are the same port; the MLflow server and PostgreSQL each need their own. Set one of them to another free port." >&2
@@ -41,4 +42,4 @@ fi
 echo "PostgreSQL on 127.0.0.1:$PGPORT ($DIR/postgres); MLflow server on http://$HOST:$PORT"
 echo "use it: export MLFLOW_TRACKING_URI=http://$HOST:$PORT   (stop the database: $0 stop)"
 exec "$PY" -m mlflow server --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PGPORT/mlflow" \
-  --artifacts-destination "$DIR/artifacts" --host "$HOST" --port "$PORT"
+  --artifacts-destination "$DIR/artifacts" --host "$HOST" --port "$PORT" --workers "$WORKERS"

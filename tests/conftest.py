@@ -128,7 +128,8 @@ def run_main(monkeypatch, capsys):
     """`python -m fmnist_exp ARGS` inside the test process: the same Hydra entry point, command-line
     parsing and error handling (SystemExit's code is the exit status), without the ~8 s a new
     process spends importing Lightning and MLflow. For runs that stop at bad input or train a few
-    steps; `env` is set for the call only. Returns a CompletedProcess like run_cli."""
+    steps, and for --multirun sweeps with the basic launcher (jobs run in this process too);
+    `env` is set for the call only. Returns a CompletedProcess like run_cli."""
     from fmnist_exp.__main__ import main
 
     def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -146,6 +147,7 @@ def run_main(monkeypatch, capsys):
                 code = exit_.code if isinstance(exit_.code, int) else 1
             finally:
                 logging.root.handlers[:], logging.root.level = handlers, level
+                HydraConfig.instance().cfg = None  # a later test is not a job of this sweep
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(["fmnist_exp", *args], code, out, err)
 

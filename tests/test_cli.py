@@ -35,11 +35,10 @@ def test_train_command_prints_the_summary(tmp_path, real_data_dir):
     assert (tmp_path / "run" / "checkpoints").is_dir()
 
 
-@pytest.mark.slow
-def test_mlflow_tracking_uri_env_wins(tmp_path, real_data_dir):
+def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
     args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("mlflow.tracking_uri")]
     env_store = f"sqlite:///{tmp_path}/from_env.db"
-    done = run_cli(*args, "mlflow.log_model=false", env={"MLFLOW_TRACKING_URI": env_store})
+    done = run_main(*args, "mlflow.log_model=false", env={"MLFLOW_TRACKING_URI": env_store})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(runs_in(env_store)) == 1
 

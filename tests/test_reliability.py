@@ -1,12 +1,14 @@
 """Nothing lost: kill -9 and resume, SIGTERM, a diverging job in a sweep, finishing a killed sweep,
 many writers on one sqlite store. Real processes, real signals, the real dataset (the slow tests);
-the errors that stop a run before it starts go through the entry point in the test process."""
+the errors that stop a run before it starts, and the diverging job's sweep (basic launcher), go
+through the entry point in the test process."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from omegaconf import open_dict
 
 from fmnist_exp import report, resume
 from fmnist_exp.guards import FiniteLossGuard, NonFiniteLoss
+from fmnist_exp.models import LeNet, count_parameters
 from fmnist_exp.sweep import PARENT_FILE, processes_under
 
 SHORT = ["trainer=fast", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
@@ -81,13 +84,8 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     assert metrics["time/fit_earlier_legs_s"] == pytest.approx(first_leg_s)
     assert metrics["time/total_s"] > metrics["time/fit_s"] > first_leg_s
 
-    straight = tmp_path / "straight"  # the same run, never interrupted
-    done = run_cli(
-        *common[:-1], f"mlflow.tracking_uri={store(straight)}", f"hydra.run.dir={straight}/run"
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    (uninterrupted,) = runs(straight)  # resumed at an epoch's start: the same training exactly
-    assert run.data.metrics["test/acc"] == uninterrupted.data.metrics["test/acc"]
+    # That it then trains exactly like a run never stopped (weights bit for bit) is
+    # test_a_resumed_run_ends_with_exactly_the_weights_of_one_never_stopped, in process.
 
 
 @pytest.mark.slow
@@ -154,9 +152,15 @@ def test_a_resumed_run_ends_with_exactly_the_weights_of_one_never_stopped(tmp_pa
     client = mlflow.MlflowClient(cut.mlflow.tracking_uri)
     (killed,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
     assert killed.info.status == "KILLED"
-    train(
-        compose_config([*common, f"resume={killed.info.run_id}"], tmp_path / "cut", real_data_dir)
-    )
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        train(
+            compose_config(
+                [*common, f"resume={killed.info.run_id}"], tmp_path / "cut", real_data_dir
+            )
+        )
+    # its own checkpoints in its own folder: Lightning's "exists and is not empty" is noise here
+    assert not [w for w in warned if "is not empty" in str(w.message)]
 
     def last(folder):
         return torch.load(folder / "run/checkpoints/last.ckpt", weights_only=False)
@@ -180,8 +184,8 @@ def test_resume_errors_are_clear(run_main, tmp_path, real_data_dir):
 
 
 @pytest.mark.slow
-def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.01,10000", *SHORT,
+def test_a_diverging_job_fails_clearly_and_the_sweep_goes_on(run_main, tmp_path, real_data_dir):
+    done = run_main("--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.01,10000", *SHORT,
                    f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri={store(tmp_path)}",
                    f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
     assert done.returncode != 0
@@ -281,20 +285,30 @@ def test_sigterm_to_a_joblib_sweep_stops_its_workers_and_marks_the_parent_killed
 
 
 @pytest.mark.slow
-def test_eight_jobs_four_at_a_time_on_a_fresh_sqlite_store(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=1,2,3,4,5,6,7,8",
-                   "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+def test_four_jobs_at_once_on_a_fresh_sqlite_store(tmp_path, real_data_dir):
+    """Four joblib workers start together on a store that does not exist yet: the store, the
+    experiment and the parent run are made once, before any of them (they used to race on MLflow's
+    schema migrations). Also the kernel sweep from the README, on 4 workers."""
+    done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "model.kernel_size=3,5",
+                   "seed=1,2", "trainer=fast", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
                    "trainer.limit_test_batches=1", "mlflow.log_model=false", f"data.data_dir={real_data_dir}",
                    f"mlflow.tracking_uri={store(tmp_path)}", f"hydra.sweep.dir={tmp_path}/sweep",
                    env={"OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert runs(tmp_path, "Default") == []  # nothing lands outside the experiment
     children = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
-    assert sorted(int(r.data.params["seed"]) for r in children) == list(range(1, 9))
+    jobs = sorted(
+        (int(r.data.params["model.kernel_size"]), int(r.data.params["seed"])) for r in children
+    )
+    assert jobs == [(3, 1), (3, 2), (5, 1), (5, 2)]
     for run in children:
         assert run.info.status == "FINISHED"
         assert {"test/acc", "val/acc", "train/loss", "model/params_total", "time/total_s"} <= set(
             run.data.metrics
         )
+        kernel = int(run.data.params["model.kernel_size"])
+        expected = count_parameters(LeNet(kernel_size=kernel, batch_norm=True))[0]
+        assert run.data.metrics["model/params_total"] == expected
     assert os.path.getsize(tmp_path / "mlflow.db") > 0
 
 
@@ -375,6 +389,7 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
         "PORT": str(ports[0]),
         "PGPORT": str(ports[1]),
         "PY": sys.executable,
+        "WORKERS": "2",  # still parallel, and two fewer processes to start than MLflow's default 4
     }
     server = subprocess.Popen([str(REPO / "scripts" / "tracking_server.sh")], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip

@@ -1,4 +1,6 @@
-"""--multirun sweeps in subprocesses: nesting in MLflow, launchers, DDP, the seed table, reports."""
+"""--multirun sweeps: nesting in MLflow, launchers, DDP, the seed table, reports. Launchers, DDP and
+the channel sweep run in subprocesses; sweeps that need only the entry point and the basic launcher
+(its jobs run in the sweep's process) run in the test process (run_main)."""
 
 import importlib.util
 from pathlib import Path
@@ -99,17 +101,6 @@ def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
     assert "Traceback" not in said
 
 
-def test_kernel_sweep_with_joblib_on_a_fresh_store(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.kernel_size=3,5,7",
-                   *TINY, *store_args(tmp_path, real_data_dir))  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    _, children = parent_and_children(tmp_path)
-    assert [c.info.status for c in children] == ["FINISHED"] * 3
-    counts = [c.data.metrics["model/params_total"] for c in children]
-    assert counts == [count_parameters(LeNet(kernel_size=k, batch_norm=True))[0] for k in (3, 5, 7)]
-    assert all("val/acc" in c.data.metrics and "test/acc" in c.data.metrics for c in children)
-
-
 def test_submitit_local_launcher(tmp_path, real_data_dir):
     done = run_cli("--multirun", "hydra/launcher=submitit_local", "model.channels=4,6", *TINY,
                    *store_args(tmp_path, real_data_dir))  # fmt: skip
@@ -118,8 +109,8 @@ def test_submitit_local_launcher(tmp_path, real_data_dir):
     assert [c.info.status for c in children] == ["FINISHED"] * 2
 
 
-def test_seed_table_composes_eight_jobs_with_the_exact_counts(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "experiment=glob(seed_*)", "trainer.max_epochs=1", *TINY,
+def test_seed_table_composes_eight_jobs_with_the_exact_counts(run_main, tmp_path, real_data_dir):
+    done = run_main("--multirun", "experiment=glob(seed_*)", "trainer.max_epochs=1", *TINY,
                    *store_args(tmp_path, real_data_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     _, children = parent_and_children(tmp_path)
@@ -130,8 +121,8 @@ def test_seed_table_composes_eight_jobs_with_the_exact_counts(tmp_path, real_dat
     assert references == PUBLISHED
 
 
-def test_recipes_train_each_rows_network_unchanged(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "experiment=glob(recipe_*)", "trainer.max_epochs=1", *TINY,
+def test_recipes_train_each_rows_network_unchanged(run_main, tmp_path, real_data_dir):
+    done = run_main("--multirun", "experiment=glob(recipe_*)", "trainer.max_epochs=1", *TINY,
                    *store_args(tmp_path, real_data_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     _, children = parent_and_children(tmp_path)
@@ -202,8 +193,8 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
     ]
 
 
-def test_a_failed_job_does_not_sink_the_sweep(tmp_path, real_data_dir):
-    done = run_cli(
+def test_a_failed_job_does_not_sink_the_sweep(run_main, tmp_path, real_data_dir):
+    done = run_main(
         "--multirun", "model.kernel_size=3,29,5", *TINY, *store_args(tmp_path, real_data_dir)
     )
     assert done.returncode == 1

@@ -9,6 +9,7 @@ import errno
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -304,9 +305,14 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
                 client.set_tag(run_id, key, value)
             print(f"resuming run {run_id} from {previous.last_checkpoint}")
 
-        trainer.fit(
-            model, datamodule=datamodule, ckpt_path=previous.last_checkpoint if previous else None
-        )
+        with warnings.catch_warnings():
+            if previous:  # its folder holds its own checkpoints: expected, not worth a warning
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+            trainer.fit(
+                model,
+                datamodule=datamodule,
+                ckpt_path=previous.last_checkpoint if previous else None,
+            )
         best = checkpoint.best_model_path or None
         tested = trainer.test(
             model, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
