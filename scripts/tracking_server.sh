@@ -12,6 +12,9 @@ DIR=$(realpath -m "${DIR:-mlruns/server}")
 HOST=${HOST:-127.0.0.1}; PORT=${PORT:-5001}; PGPORT=${PGPORT:-5433}
 WORKERS=${WORKERS:-4}  # server processes (MLflow's default); fewer for a small team or a test
 PY=${PY:-.venv/bin/python}
+# MLflow 3's server also starts job runners for its GenAI features (7 huey consumer processes, 1.6 GB
+# in all here): nothing this project logs uses them. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings them back.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 if [ "$PORT" = "$PGPORT" ]; then
   echo "error: PORT=$PORT and PGPORT=$PGPORT are the same port; the MLflow server and PostgreSQL each need their own. Set one of them to another free port." >&2
   exit 2

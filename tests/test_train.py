@@ -122,7 +122,8 @@ def test_outputs_stay_in_the_run_folder(trained):
             "trainer.precision=bf16-mixed",
         ],
         pytest.param(["model=lenet_bn", "model.compile=true"], marks=pytest.mark.slow),
-        pytest.param(["experiment=best", "trainer.max_epochs=1", "mlflow.log_model=false"],
+        pytest.param(["experiment=best", "trainer.max_epochs=1", "mlflow.log_model=false",
+                      "data.batch_size=32", "data.eval_batch_size=100"],  # a 926k-param net on a CPU
                      marks=pytest.mark.slow),  # fmt: skip
     ],
     ids=["mlp-sgd-cosine", "lenet-adamw-onecycle-augment", "relu-80_10_10-smoothing",
