@@ -173,6 +173,25 @@ def wait_until_it_answers(url: str, process: subprocess.Popen, timeout_s: float 
             time.sleep(0.5)
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
+    """`make(folder)` once per test session instead of once per pytest-xdist worker (which is what
+    a module- or session-scoped fixture gives): the workers share the parent of their temporary
+    folders, and a file lock holds the second worker until the first has finished. For fixtures
+    that only write their own folder and that the tests then only read."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder = root / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".made").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed first attempt left
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, real_data_dir):
     """One short LeNet+BN run (150 batches, ~80% test accuracy) with its model logged and registered

@@ -1,6 +1,7 @@
-"""--multirun sweeps: nesting in MLflow, launchers, DDP, the seed table, reports. Launchers, DDP and
-the channel sweep run in subprocesses; sweeps that need only the entry point and the basic launcher
-(its jobs run in the sweep's process) run in the test process (run_main)."""
+"""--multirun sweeps: nesting in MLflow, launchers, DDP, the seed table, reports. The joblib and
+submitit launchers, DDP and the channel sweep run in subprocesses; sweeps whose jobs run in the
+sweep's own process (the basic launcher, also under Optuna's sweeper) need only the entry point and
+run in the test process (run_main), sparing a process start each."""
 
 import importlib.util
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import made_once, run_cli
 from test_models import PARAMETER_COUNTS
 
 from fmnist_exp.models import LeNet, count_parameters
@@ -53,15 +54,20 @@ def parent_and_children(tmp: Path):
 
 @pytest.fixture(scope="module")
 def channel_sweep(tmp_path_factory, real_data_dir):
-    tmp = tmp_path_factory.mktemp("channels")
-    done = run_cli("--multirun", "model=lenet_bn", "model.channels=4,8", "+tags.gpu=${fmnist.job_gpu:2}",
-                   *TINY, *store_args(tmp, real_data_dir))  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp, done
+    """One sweep for the session (made_once): its two tests often land on different workers."""
+
+    def sweep(tmp: Path) -> None:
+        done = run_cli("--multirun", "model=lenet_bn", "model.channels=4,8", "+tags.gpu=${fmnist.job_gpu:2}",
+                       *TINY, *store_args(tmp, real_data_dir))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (tmp / "stdout.txt").write_text(done.stdout)
+
+    tmp = made_once(tmp_path_factory, "channel_sweep", sweep)
+    return tmp, (tmp / "stdout.txt").read_text()
 
 
 def test_channel_sweep_nests_one_child_per_job(channel_sweep):
-    tmp, done = channel_sweep
+    tmp, stdout = channel_sweep
     parent, children = parent_and_children(tmp)
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 2
     assert parent.data.metrics["sweep/finished"] == 2 and "best_run_id" in parent.data.tags
@@ -72,7 +78,7 @@ def test_channel_sweep_nests_one_child_per_job(channel_sweep):
         expected = count_parameters(LeNet(channels=channels, activation="relu", batch_norm=True))[0]
         assert child.data.metrics["model/params_total"] == expected
     assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # own dirs
-    assert f"sweep {parent.info.run_id}: 2 jobs: 2 trained;" in done.stdout
+    assert f"sweep {parent.info.run_id}: 2 jobs: 2 trained;" in stdout
 
 
 def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
@@ -231,8 +237,8 @@ def test_ddp_on_cpu_writes_one_run_once(tmp_path, real_data_dir):
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="optional extra: pip install -e '.[optuna]'")  # fmt: skip
-def test_optuna_search_maximises_val_acc(tmp_path, real_data_dir):
-    done = run_cli("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY,
+def test_optuna_search_maximises_val_acc(run_main, tmp_path, real_data_dir):
+    done = run_main("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY,
                    *store_args(tmp_path, real_data_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Best value:" in done.stdout + done.stderr
