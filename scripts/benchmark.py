@@ -9,7 +9,6 @@ every side. Also time to accuracy for a recipe.
     python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
     python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
-    python scripts/benchmark.py --threads 1 --rounds 8  # one torch thread on every side
     python scripts/benchmark.py --time-to-accuracy experiment=seed_lenet_bn_c32_k33
     ... --record                                      # add the result rows to docs/benchmarks.md
 
@@ -18,9 +17,6 @@ device sync at both ends), median over epochs 2..N of a run (epoch 1 pays for wa
 the data, building the model; for the framework also the MLflow run and the Trainer) is reported
 separately. The framework runs exactly as `python -m fmnist_exp` would (train(cfg): checkpoints,
 MLflow logging per epoch), with scheduler=none so the plain loop needs no schedule of its own.
-Each epoch's process CPU time (all threads) is measured beside its wall time and gives a second
-set of ratios: a VM's steal time (another tenant on the host), this machine's main noise, is not in
-it, while the threads' work and their spin-waits are.
 """
 
 import argparse
@@ -101,12 +97,12 @@ def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
     batch, n = cfg.data.batch_size, len(y_train)
     sync(device)
     startup = time.perf_counter() - started
-    epochs, cpu = [], []
+    epochs = []
     for epoch in range(cfg.trainer.max_epochs):
         if profile and epoch == 1:
             profile.enable()
         sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         net.train()
         order = torch.randperm(n, device=device, generator=generator)
         for start in range(0, n, batch):
@@ -127,17 +123,10 @@ def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
         val_acc = correct.item() / len(y_val)  # the one host sync per epoch
         sync(device)
         epochs.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
     if profile:
         profile.disable()
     steps = -(-n // batch)
-    return {
-        "startup_s": startup,
-        "epochs_s": epochs,
-        "cpu_s": cpu,
-        "val_acc": val_acc,
-        "steps": steps,
-    }
+    return {"startup_s": startup, "epochs_s": epochs, "val_acc": val_acc, "steps": steps}
 
 
 # --- the framework, timed from the inside ------------------------------------------------------------
@@ -151,16 +140,14 @@ class EpochClock(L.Callback):
 
     def __init__(self, started: float, profile=None):
         self.started, self.startup_s, self.epochs_s, self.t0 = started, None, [], None
-        self.cpu_s, self.c0 = [], None
         self.profile = profile
 
     def _tick(self, pl_module) -> None:
         sync(pl_module.device)
-        now, cpu_now = time.perf_counter(), time.process_time()
+        now = time.perf_counter()
         if self.t0 is not None:
             self.epochs_s.append(now - self.t0)
-            self.cpu_s.append(cpu_now - self.c0)
-        self.t0, self.c0 = now, cpu_now
+        self.t0 = now
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.startup_s is None:
@@ -213,7 +200,6 @@ def timed(cfg, profile=None) -> dict:
     return {
         "startup_s": clock.startup_s,
         "epochs_s": clock.epochs_s,
-        "cpu_s": clock.cpu_s,
         "val_acc": results["val/acc_best"],
     }
 
@@ -257,7 +243,6 @@ def bare_lightning(cfg, profile=None) -> dict:
     return {
         "startup_s": clock.startup_s,
         "epochs_s": clock.epochs_s,
-        "cpu_s": clock.cpu_s,
         "val_acc": float(module.correct) / len(data.val[1]),
     }
 
@@ -283,9 +268,6 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
-    parser.add_argument(
-        "--threads", type=int, help="torch CPU threads for every side (default: torch's own)"
-    )
     parser.add_argument("--time-to-accuracy", metavar="OVERRIDE", nargs="+",
                         help="instead: train these overrides (e.g. experiment=seed_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
     parser.add_argument("--calls", action="store_true",
@@ -296,12 +278,6 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.epochs < 1:
         parser.error(f"--rounds {args.rounds} --epochs {args.epochs}: both must be 1 or more.")
-    if args.threads is not None and args.threads < 1:
-        parser.error(
-            f"--threads {args.threads}: give 1 or more CPU threads, or leave it out for torch's default."
-        )
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.calls and args.epochs < 2:
         parser.error(f"--calls counts epochs 2..N (epoch 1 pays for warm-up): --epochs {args.epochs} "
                      "leaves none; give --epochs 2 or more.")  # fmt: skip
@@ -364,50 +340,39 @@ def main(argv: list[str]) -> None:
     def median(epochs: list[float]) -> float:
         return statistics.median(epochs[1:] or epochs)
 
-    def ratio(a: str, b: str, clock: str = "epochs_s") -> tuple[float, list[float]]:
-        each = [median(p[a][clock]) / median(p[b][clock]) for p in rounds]
+    def ratio(a: str, b: str) -> tuple[float, list[float]]:
+        each = [median(p[a]["epochs_s"]) / median(p[b]["epochs_s"]) for p in rounds]
         return statistics.median(each), each
 
     seconds = {
         side: statistics.median(median(p[side]["epochs_s"]) for p in rounds) for side in sides
     }
     startups = {side: statistics.median(p[side]["startup_s"] for p in rounds) for side in sides}
-    pairs = {
-        "framework / plain loop": ("framework", "plain"),  # the goal: <= 1.05
-        "lightning / plain loop": ("lightning", "plain"),  # Lightning's own floor
-        "framework / lightning": ("framework", "lightning"),  # what the framework adds to it
+    ratios = {
+        "framework / plain loop": ratio("framework", "plain"),  # the goal: <= 1.05
+        "lightning / plain loop": ratio("lightning", "plain"),  # Lightning's own floor
+        "framework / lightning": ratio("framework", "lightning"),  # what the framework adds to it
     }
-    ratios = {name: ratio(*pair) for name, pair in pairs.items()}
-    # process CPU time (all threads): a VM's steal time, the machine's main noise here, is not in it
-    cpu_ratios = {name: ratio(*pair, clock="cpu_s") for name, pair in pairs.items()}
     print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
           f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
-    print(f"{'round':>5} {'side':10} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8} "
-          f"{'epoch CPU s':>11}  epochs s")  # fmt: skip
+    print(
+        f"{'round':>5} {'side':10} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s"
+    )
     for r, pair in enumerate(rounds, start=1):
         for side, run in pair.items():
             print(f"{r:5d} {side:10} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
-                  f"{run['val_acc']:8.4f} {median(run['cpu_s']):11.2f}  "
-                  f"{' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
-
-    def rounds_text(each: list[float]) -> str:
-        return ", ".join(f"{x:.3f}" for x in each)
-
+                  f"{run['val_acc']:8.4f}  {' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
     for name, (value, each) in ratios.items():
-        print(f"{name}, per epoch: {value:.3f} (rounds: {rounds_text(each)})")
-    for name, (value, each) in cpu_ratios.items():
-        print(f"{name}, CPU time per epoch: {value:.3f} (rounds: {rounds_text(each)})")
+        print(f"{name}, per epoch: {value:.3f} (rounds: {', '.join(f'{x:.3f}' for x in each)})")
     if args.record:
         value, each = ratios["framework / plain loop"]
         floor, floor_each = ratios["lightning / plain loop"]
-        cpu = {name: value for name, (value, _) in cpu_ratios.items()}
         record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
                 f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {seconds['plain']:.2f} s/epoch, "
                 f"bare Lightning {seconds['lightning']:.2f}, framework {seconds['framework']:.2f}: **ratio {value:.3f}** "
-                f"(rounds {rounds_text(each)}); bare Lightning / plain {floor:.3f} (rounds {rounds_text(floor_each)}); "
-                f"CPU time: framework / plain {cpu['framework / plain loop']:.3f}, bare Lightning / plain "
-                f"{cpu['lightning / plain loop']:.3f}, framework / bare Lightning {cpu['framework / lightning']:.3f}; "
-                f"start-up {startups['plain']:.1f} s, {startups['lightning']:.1f} s, {startups['framework']:.1f} s |"])  # fmt: skip
+                f"(rounds {', '.join(f'{x:.3f}' for x in each)}); bare Lightning / plain {floor:.3f} "
+                f"(rounds {', '.join(f'{x:.3f}' for x in floor_each)}); start-up {startups['plain']:.1f} s, "
+                f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s |"])  # fmt: skip
 
 
 def run(argv: list[str]) -> int:

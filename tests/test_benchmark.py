@@ -20,14 +20,12 @@ def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = re.findall(
-        r"^\s+1 (plain|lightning|framework)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+(\d+\.\d+) ", done.stdout, re.M
+        r"^\s+1 (plain|lightning|framework)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", done.stdout, re.M
     )
-    assert sorted(side for side, _, _ in rows) == ["framework", "lightning", "plain"], done.stdout
-    assert all(float(acc) > 0.75 for _, acc, _ in rows), rows  # chance is 0.10
-    assert all(float(cpu) > 0 for _, _, cpu in rows), rows  # each epoch's CPU seconds
+    assert sorted(side for side, _ in rows) == ["framework", "lightning", "plain"], done.stdout
+    assert all(float(acc) > 0.75 for _, acc in rows), rows  # chance is 0.10
     for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning"):
-        for clock in ("per epoch", "CPU time per epoch"):
-            assert re.search(rf"^{name}, {clock}: \d+\.\d{{3}} ", done.stdout, re.M), (name, clock)
+        assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,6 @@ def benchmark():
         (["--model", "nosuch"], "Could not find 'model/nosuch'"),
         (["--batch-size", "0"], "data.batch_size=0 must be a positive number"),
         (["--rounds", "0"], "--rounds 0 --epochs 3: both must be 1 or more"),
-        (["--threads", "0"], "--threads 0: give 1 or more CPU threads"),
         (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
     ],
 )
