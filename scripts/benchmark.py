@@ -266,7 +266,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="plain/framework pairs, order alternating"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
     parser.add_argument("--time-to-accuracy", metavar="OVERRIDE", nargs="+",
                         help="instead: train these overrides (e.g. experiment=seed_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
@@ -281,6 +281,10 @@ def main(argv: list[str]) -> None:
     if args.calls and args.epochs < 2:
         parser.error(f"--calls counts epochs 2..N (epoch 1 pays for warm-up): --epochs {args.epochs} "
                      "leaves none; give --epochs 2 or more.")  # fmt: skip
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU. On a GPU "
+                     "machine install a CUDA build (make setup TORCH=torch); here, leave --device "
+                     "out or give --device cpu.")  # fmt: skip
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )

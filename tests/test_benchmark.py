@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 
@@ -46,6 +47,14 @@ def benchmark():
         (["--model", "nosuch"], "Could not find 'model/nosuch'"),
         (["--batch-size", "0"], "data.batch_size=0 must be a positive number"),
         (["--rounds", "0"], "--rounds 0 --epochs 3: both must be 1 or more"),
+        (["--device", "xyz"], "argument --device: invalid choice: 'xyz'"),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device cuda: this torch",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="a CUDA GPU is visible here"
+            ),
+        ),
         (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
     ],
 )
