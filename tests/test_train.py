@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.guards import RunInterrupted
 from fmnist_exp.train import check_seed, ema_callback, train
 
 
@@ -207,6 +208,34 @@ def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
     loaded = Classifier.load_from_checkpoint(best, map_location="cpu")
     for module_weights in (tested, loaded.state_dict()):
         assert all(torch.equal(v, saved["state_dict"][k]) for k, v in module_weights.items())
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_train_alone_sets_the_runs_status_once(make_config, monkeypatch, stop):
+    """Lightning's logger used to mark the run FINISHED after fit (before the test) and FAILED on
+    an interruption that train() then marked KILLED. A sweep stopped by SIGTERM, waiting for its
+    jobs to leave RUNNING, took that passing FAILED as the end (the fresh clone at a68cab8 hit it)."""
+    statuses = []
+    set_terminated = mlflow.MlflowClient.set_terminated
+
+    def record(client, run_id, status=None, *args, **kwargs):
+        statuses.append(status)
+        return set_terminated(client, run_id, status, *args, **kwargs)
+
+    class Stop(L.Callback):  # what StopOnSignal raises when SIGTERM arrives
+        def on_train_batch_end(self, trainer, *args):
+            if stop and trainer.global_step == 2:
+                raise RunInterrupted("SIGTERM")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", record)
+    cfg = make_config("trainer.limit_train_batches=4", "mlflow.log_model=false")
+    if stop:
+        with pytest.raises(RunInterrupted):
+            train(cfg, extra_callbacks=[Stop()])
+    else:
+        train(cfg, extra_callbacks=[Stop()])
+    _, run = the_only_run(cfg)
+    assert statuses == [run.info.status] == (["KILLED"] if stop else ["FINISHED"])
 
 
 @pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", True])

@@ -65,19 +65,30 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
         return client.get_experiment_by_name(experiment).experiment_id
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that it leaves the run's status to train(), which sets it
+    once, at the end: FINISHED, FAILED or KILLED. Lightning's own finalize marks the run FINISHED
+    after fit (before the test has run) and FAILED on any exception, a SIGTERM that train() then
+    marks KILLED included; a sweep stopped by a signal waits for its jobs to leave RUNNING, saw
+    that passing FAILED and exited before the job had marked itself KILLED."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # (Lightning's also uploads checkpoints when log_model is set; we never set it)
+
+
 def make_logger(
     tracking_uri: str,
     experiment: str,
     run_name: str,
     tags: dict[str, str],
     run_id: str | None = None,
-) -> MLFlowLogger:
+) -> RunLogger:
     """Lightning's MLflow logger on an explicit store: a new run, or with run_id an existing one
     (resumed: set RUNNING again)."""
     ensure_store(tracking_uri, experiment)
     if run_id:
         mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
-    return MLFlowLogger(
+    return RunLogger(
         experiment_name=experiment,
         tracking_uri=tracking_uri,
         run_name=run_name,
