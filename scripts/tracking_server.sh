@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 # in all here): nothing this project logs uses them. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings them back.
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 case "$WORKERS" in
-  ''|*[!0-9]*|0|00*) echo "error: WORKERS=$WORKERS is not a number of server processes; set WORKERS to a whole number of 1 or more (default 4)." >&2; exit 2 ;;
+  *[!0-9]*|0|00*) echo "error: WORKERS=$WORKERS is not a number of server processes; set WORKERS to a whole number of 1 or more (default 4)." >&2; exit 2 ;;
 esac
 if [ "$PORT" = "$PGPORT" ]; then
   echo "error: PORT=$PORT and PGPORT=$PGPORT are the same port; the MLflow server and PostgreSQL each need their own. Set one of them to another free port." >&2

@@ -62,6 +62,8 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
             "ema=0.999",
             "ema=0.999 sets a whole block of settings to one value; set its keys instead, e.g. ema.decay=",
         ),
+        ("label_smoothing=2", "label_smoothing=2 must be a number in [0, 1)"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no limit) leaves the learning-rate"),
         (
             "trainer.max_epochs=-5",
             "`max_epochs` must be a non-negative integer or -1. You passed in -5",

@@ -1,5 +1,6 @@
 """Real (short) training runs on the real data, read back through the MLflow client."""
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -229,10 +230,7 @@ def test_train_alone_sets_the_runs_status_once(make_config, monkeypatch, stop):
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", record)
     cfg = make_config("trainer.limit_train_batches=4", "mlflow.log_model=false")
-    if stop:
-        with pytest.raises(RunInterrupted):
-            train(cfg, extra_callbacks=[Stop()])
-    else:
+    with pytest.raises(RunInterrupted) if stop else contextlib.nullcontext():
         train(cfg, extra_callbacks=[Stop()])
     _, run = the_only_run(cfg)
     assert statuses == [run.info.status] == (["KILLED"] if stop else ["FINISHED"])

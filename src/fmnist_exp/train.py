@@ -104,6 +104,25 @@ def check_seed(seed) -> int:
     return seed
 
 
+def check_training(cfg: DictConfig) -> None:
+    """Two settings that torch and Lightning take, only to fail inside fit once the run exists:
+    label_smoothing outside [0, 1) (cross_entropy refuses it at the first step) and
+    trainer.max_epochs=-1 (Lightning's "no limit") under a schedule, which needs a step count."""
+    smoothing = cfg.get("label_smoothing", 0.0)
+    if not is_number(smoothing) or not 0 <= smoothing < 1:
+        raise ConfigError(
+            f"label_smoothing={smoothing!r} must be a number in [0, 1): the share of each target "
+            f"spread over the other classes (0 = off; the recipes use 0.1)."
+        )
+    no_limit = cfg.trainer.get("max_epochs") == -1 and (cfg.trainer.get("max_steps") or -1) < 1
+    if no_limit and cfg.get("scheduler"):
+        raise ConfigError(
+            "trainer.max_epochs=-1 (no limit) leaves the learning-rate schedule no number of steps "
+            "to run over: give trainer.max_epochs a number of epochs, or train without one "
+            "(scheduler=none)."
+        )
+
+
 def is_number(value) -> bool:
     """An int or float from the config; True and False are not numbers here."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -205,6 +224,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     if action == "resume":  # the run's own config and folder; checkpoints continue there
         cfg = continue_config(cfg, previous)
     L.seed_everything(check_seed(cfg.seed), workers=True)
+    check_training(cfg)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(
         output_dir, "paths.output_dir (hydra.run.dir)"
