@@ -12,7 +12,7 @@ ARGS   ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data browser train test lint report ui serve predict bench screenshot tracking-server clean distclean
+.PHONY: help setup data browser train test lint report ui serve predict bench screenshot tracking-server mlflow-serve clean distclean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,8 +60,15 @@ bench: setup  ## plain PyTorch loop vs bare Lightning vs the framework: s/epoch 
 screenshot: setup  ## docs/serve_page.png, taken by the browser test
 	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser
 
+# PORT's default (5000) is the UI's; the tracking server's own default is 5001 unless PORT is given.
 tracking-server: $(VENV)/.installed  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
-	PY=$(PY) PORT=$(or $(SERVER_PORT),5001) scripts/tracking_server.sh start
+	PY=$(PY) PORT=$(if $(filter file,$(origin PORT)),5001,$(PORT)) scripts/tracking_server.sh start
+
+# `mlflow models serve` runs `uvicorn` by name from PATH: the venv's bin/ goes first, activated or not.
+mlflow-serve: $(VENV)/.installed  ## MLflow's own server for a logged model: make mlflow-serve MODEL=runs:/<id>/model [PORT=5002]
+	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make mlflow-serve MODEL=runs:/<run_id>/model (run ids: make ui)" >&2; exit 2; }
+	MLFLOW_TRACKING_URI="$(STORE)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m mlflow models serve \
+	  -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(if $(filter file,$(origin PORT)),5002,$(PORT))
 
 ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
 	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)

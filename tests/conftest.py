@@ -55,7 +55,7 @@ def real_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_data(real_data_dir: Path) -> dataset.FashionMNIST:
+def real_data(real_data_dir: Path) -> dataset.Splits:
     return dataset.load([real_data_dir])
 
 
@@ -194,14 +194,16 @@ def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, real_data_dir):
-    """One short LeNet+BN run (150 batches, ~80% test accuracy) with its model logged and registered
-    as models:/fmnist/1, in a private store: what predict and serve load."""
+    """One short LeNet+BN run (150 batches, ~80% test accuracy, tested on the whole test split, so
+    it is a result) with its model logged and registered as models:/fmnist/1, in a private store:
+    what predict and serve load."""
     from fmnist_exp.train import train
 
     tmp = tmp_path_factory.mktemp("model")
     cfg = compose_config(
-        ["trainer.limit_train_batches=150", "mlflow.register_model=fmnist"], tmp, real_data_dir
-    )
+        ["trainer.limit_train_batches=150", "trainer.limit_test_batches=null",
+         "mlflow.register_model=fmnist"], tmp, real_data_dir,
+    )  # fmt: skip
     results = train(cfg)
     run = mlflow_runs(cfg.mlflow.tracking_uri)[0]
     checkpoint = next((tmp / "run" / "checkpoints").glob("epoch*.ckpt"))

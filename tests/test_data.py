@@ -1,6 +1,7 @@
 """Reading the real files, the CSV pair, splits, batching, augmentation, and every bad data file."""
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fmnist_exp.errors import ConfigError, DataError
 
 
 def write_csv(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    frame = pd.DataFrame(images.reshape(len(images), -1).numpy(), columns=dataset.CSV_COLUMNS[1:])
+    frame = pd.DataFrame(images.reshape(len(images), 784).numpy(), columns=dataset.CSV_COLUMNS[1:])
     frame.insert(0, "label", labels.numpy())
     frame.to_csv(path, index=False)
 
@@ -73,6 +74,7 @@ def test_official_split_is_seeded_and_disjoint(real_data_dir):
     assert a.summary() == {
         "data/source": str(real_data_dir), "data/format": "idx",
         "data/n_train": 55000, "data/n_val": 5000, "data/n_test": 10000,
+        "data/classes": json.dumps(list(dataset.CLASS_NAMES)),
     }  # fmt: skip
     assert torch.equal(a.val[0], b.val[0])
     train_rows = {bytes(x.numpy()) for x in a.train[0][:3000]}
@@ -241,7 +243,8 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
     [
         ({"split": "70_30"}, "data.split"),
         ({"batch_size": 0}, "data.batch_size"),
-        ({"val_size": 60000}, "data.val_size"),
+        ({"val_size": 0}, "data.val_size"),
+        ({"val_size": True}, "data.val_size"),
         ({"augment": {"rotate": 10}}, "data.augment.rotate"),
         ({"augment": {"erase_prob": 1.5}}, "data.augment.erase_prob"),
         ({"augment": {"crop_padding": -2}}, "data.augment.crop_padding"),

@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from fmnist_exp import distill
+from fmnist_exp import distill, inference
 from fmnist_exp.datamodule import FashionMNISTDataModule
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.inference import load_checkpoint, load_classifier
+from fmnist_exp.inference import load_classifier
 from fmnist_exp.resume import config_hash
 from fmnist_exp.train import train
 
@@ -34,7 +34,7 @@ def test_soft_targets_are_the_teachers_probabilities(trained_model, real_data):
     images = real_data.train_images[:700]  # more than one chunk
     teacher = load_classifier(trained_model["checkpoint"], "teacher", "")
     targets = distill.soft_targets([teacher], images, 1.0, torch.device("cpu"))
-    expected = load_checkpoint(trained_model["checkpoint"])(images.float())  # the logged model
+    expected = inference.load(str(trained_model["checkpoint"]), "").probabilities(images)
     torch.testing.assert_close(targets, expected, atol=1e-5, rtol=1e-4)
     softer = distill.soft_targets([teacher, teacher], images, 4.0, torch.device("cpu"))
     assert softer.max(1).values.mean() < targets.max(1).values.mean()  # T > 1 flattens

@@ -14,7 +14,8 @@ from PIL import Image
 from fmnist_exp import inference, predict, register
 from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import DataError, UserError
-from fmnist_exp.inputs import read_inputs, to_model_input
+from fmnist_exp.inputs import read_inputs
+from fmnist_exp.pictures import to_model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,6 +138,40 @@ def test_bad_inputs_and_model_uris_are_clear(tmp_path, trained_model):
         inference.load("best", f"sqlite:///{tmp_path / 'empty.db'}")
     assert predict.main(["inputs=", f"tracking_uri={store}"]) == 2
     assert predict.main(["colour=blue"]) == 2
+
+
+def test_one_unreadable_picture_is_named_and_the_rest_are_labelled(tmp_path, trained_model,
+                                                                   real_data, capsys):  # fmt: skip
+    folder = write_pngs(tmp_path / "pngs", real_data.test_images[:5], real_data.test_labels[:5])
+    broken = next(folder.rglob("*.png"))
+    broken.write_bytes(broken.read_bytes()[:40])
+    out = tmp_path / "preds.csv"
+    code = predict.main(
+        [f"inputs={folder}", f"out={out}", f"tracking_uri={trained_model['tracking_uri']}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1  # done, but not everything: 1 (bad options or nothing readable: 2)
+    assert f"skipped: {broken}: " in err and "1 input(s) could not be read" in err
+    assert len(pd.read_csv(out)) == 4
+
+
+@pytest.mark.parametrize(
+    "rows,named",
+    [
+        ("label,{pixels}\n", "a header and no rows"),
+        ("label,{pixels}\n3,{values_x}\n", "row 2, column 'pixel1' holds 'x'"),
+        ("label,{pixels}\n12,{values}\n", "row 2 has label .12."),
+        ("", "an empty file"),
+    ],
+    ids=["no-rows", "non-numeric", "label-out-of-range", "empty"],
+)
+def test_bad_prediction_csvs_are_one_paragraph(tmp_path, rows, named):
+    pixels = ",".join(f"pixel{i}" for i in range(1, 785))
+    values = ",".join(["0"] * 784)
+    path = tmp_path / "rows.csv"
+    path.write_text(rows.format(pixels=pixels, values=values, values_x="x," + values[2:]))
+    with pytest.raises(DataError, match=named):
+        read_inputs([path])
 
 
 def test_checkpoints_that_are_not_ours_are_refused(tmp_path, trained_model):

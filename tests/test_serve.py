@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_bad_requests_get_a_status_and_a_message(client, request_kwargs, path, s
 
 def test_an_unexpected_error_is_a_500_not_a_dead_server(model, expected):
     class Broken:
-        uri = "broken"
+        uri, class_names = "broken", CLASS_NAMES
 
         def probabilities(self, images):
             raise RuntimeError("boom")
@@ -177,20 +178,36 @@ def test_unknown_model_uri_fails_at_start_up(trained_model, monkeypatch, capsys)
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_our_model(trained_model, expected):
+    """`make mlflow-serve MODEL=...` as the README says, from a shell whose PATH lacks the venv
+    (MLflow execs `uvicorn` by name: the target puts the venv's bin/ first)."""
     images, probs = expected
     port = free_port()
     uri = f"runs:/{trained_model['run_id']}/model"
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    process = start_server(command, f"http://127.0.0.1:{port}/ping", trained_model["tracking_uri"])
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    process = subprocess.Popen(
+        ["make", "-s", "mlflow-serve", f"MODEL={uri}", f"PORT={port}"], cwd=REPO,
+        env={**os.environ, "MLFLOW_TRACKING_URI": trained_model["tracking_uri"], "PATH": path},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
     try:
+        wait_until_it_answers(f"http://127.0.0.1:{port}/ping", process, 120)
         body = {"inputs": images[:, None].astype(np.float32).tolist()}  # [N, 1, 28, 28], 0..255
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
         assert answer.status_code == 200, answer.text
         assert torch.allclose(torch.tensor(answer.json()["predictions"]), probs, atol=1e-5)
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # make, mlflow and uvicorn's workers
         process.wait(timeout=30)
+
+
+def test_make_tracking_server_uses_the_port_it_is_given():
+    def planned(*args: str) -> str:
+        return subprocess.run(["make", "-n", "tracking-server", *args], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    assert "PORT=5123 scripts/tracking_server.sh" in planned("PORT=5123")
+    assert "PORT=5001 scripts/tracking_server.sh" in planned()  # its own default, not the UI's
 
 
 # --- a real browser -----------------------------------------------------------------------------
@@ -226,6 +243,8 @@ def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tm
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
     try:
         driver.get(live_server + "/")
+        seen = driver.find_element(By.ID, "seen")  # no picture yet: not shown (no broken image)
+        assert not seen.is_displayed() and not driver.find_element(By.ID, "result").is_displayed()
         driver.find_element(By.ID, "file").send_keys(str(picture))
         label = WebDriverWait(driver, 30).until(
             lambda d: d.find_element(By.ID, "label").text or None

@@ -14,22 +14,35 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from fmnist_exp import distill
+from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.lean import PlainAttributes
 from fmnist_exp.models import FlipAveraged, Normalize
 
-NUM_CLASSES = 10
-
-
 SPEED_KEYS = ("compile", "channels_last")  # model.* switches train.py acts on; not constructor args
 
 
-def build(spec: dict) -> nn.Module:
-    """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module. Unlike hydra's instantiate,
-    a ConfigError raised by the constructor reaches the caller unwrapped."""
+def build(spec: dict, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module, with `num_classes` outputs
+    (the dataset's classes). Unlike hydra's instantiate, a ConfigError raised by the constructor
+    reaches the caller unwrapped."""
     kwargs = {k: v for k, v in spec.items() if k not in SPEED_KEYS}
     network = get_object(kwargs.pop("_target_"))
     options = inspect.signature(network).parameters
+    given = kwargs.setdefault("num_classes", num_classes)
+    if given != num_classes:
+        raise ConfigError(
+            f"model.num_classes={given!r}, but the data has {num_classes} classes: leave "
+            f"model.num_classes out (it follows the data), or point data.data_dir at data with "
+            f"{given} classes."
+        )
+    if "num_classes" not in options:
+        if num_classes != len(CLASS_NAMES):
+            raise ConfigError(
+                f"{network.__name__} takes no num_classes, so it cannot have the data's "
+                f"{num_classes} outputs; give it a num_classes argument, or pick a model from conf/model/."
+            )
+        kwargs.pop("num_classes")
     if unknown := sorted(set(kwargs) - set(options)):
         raise ConfigError(
             f"model.{unknown[0]} is not an option of {network.__name__}; its options are "
@@ -51,11 +64,14 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         tta_hflip: bool = False,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
+        class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
+        self.class_names = tuple(class_names)  # label id -> name: the outputs, in order
+        num_classes = len(self.class_names)
         # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
-        network = build(net)
+        network = build(net, num_classes)
         self.net = nn.Sequential(
             Normalize(mean, std), FlipAveraged(network) if tta_hflip else network
         )
@@ -63,13 +79,13 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         # validate_args=False: the inputs are our own logits and labels, and the checks (torch.unique
         # on the labels) would cost a host sync per batch.
         def accuracy() -> MulticlassAccuracy:
-            return MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
+            return MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
         self.val_acc, self.test_acc = accuracy(), accuracy()
-        self.test_confusion = MulticlassConfusionMatrix(NUM_CLASSES, validate_args=False)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw pixels [N, 1, 28, 28] (uint8 or float 0..255) -> logits [N, 10]."""
+        """Raw pixels [N, 1, 28, 28] (uint8 or float 0..255) -> logits [N, classes]."""
         return self.net(images)
 
     def _loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +133,8 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         self.test_confusion.update(logits, batch[1])
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/acc", self.test_acc)
+        # how many test images this run really scored: fewer than the split's makes it partial
+        self.log("test/n_images", float(len(batch[1])), reduce_fx="sum", sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
@@ -151,5 +169,5 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         }
 
     def probabilities_module(self) -> nn.Module:
-        """The servable model: raw pixels float32 [N, 1, 28, 28] -> class probabilities [N, 10]."""
+        """The servable model: raw pixels float32 [N, 1, 28, 28] -> class probabilities [N, classes]."""
         return nn.Sequential(self.net, nn.Softmax(dim=1)).eval()

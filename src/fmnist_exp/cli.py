@@ -20,11 +20,24 @@ def parse(prog: str, argv: list[str], defaults: dict[str, str], example: str) ->
     return options
 
 
-def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
-    """Exit code 0, or 2 with `error: <one paragraph>` for a UserError (no traceback)."""
+def whole_number(prog: str, key: str, value: str, minimum: int, maximum: int | None = None) -> int:
+    """`key=value` as a whole number in [minimum, maximum], else a UserError naming the key."""
     try:
-        main(sys.argv[1:] if argv is None else argv)
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise UserError(f"{prog}: {key}={value!r} must be a whole number {bound}.")
+    return number
+
+
+def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
+    """main's exit code (an int it returns, else 0), or 2 with `error: <one paragraph>` for a
+    UserError (no traceback)."""
+    try:
+        code = main(sys.argv[1:] if argv is None else argv)
     except UserError as exc:
         print(f"error: {one_paragraph(exc)}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0

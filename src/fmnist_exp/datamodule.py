@@ -1,10 +1,12 @@
-"""The one Fashion-MNIST LightningDataModule: find or fetch the files, split, and batch from memory.
+"""The one LightningDataModule: find or fetch the files, split, and batch from memory.
 
-The whole dataset is kept as uint8 tensors ([N, 1, 28, 28], ~55 MB) and every batch is a slice of
-them, so there is no per-sample Python. Normalisation happens inside the model (see Classifier), so
+It reads every layout dataset.py knows (Fashion-MNIST's files, or pictures in a folder per class),
+of any size. The whole dataset is kept as uint8 tensors ([N, 1, 28, 28], ~55 MB for Fashion-MNIST)
+and every batch is a slice of them, so there is no per-sample Python. Normalisation happens inside the model (see Classifier), so
 batches hold raw pixels and the logged model takes raw pixels too.
 """
 
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -86,6 +88,17 @@ class TensorBatches:
             yield (x, y) if self.soft_targets is None else (x, y, self.soft_targets[idx])
 
 
+def resolved(path: str | Path, key: str) -> Path:
+    """An absolute path; a symbolic-link loop is a ConfigError naming `key`."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
+        raise ConfigError(
+            f"{key}={path} cannot be resolved ({exc}): a symbolic-link loop or an unreadable "
+            f"folder. Point it at the folder that holds the data."
+        ) from exc
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -110,9 +123,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}={value!r} must be a positive number of images per batch.")
-        if not isinstance(val_size, int) or not 0 < val_size < 60000:
+        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
             raise ConfigError(
-                f"data.val_size={val_size} must be in 1..59999 (training images held out for validation)."
+                f"data.val_size={val_size!r} must be a whole number >= 1: the training images held "
+                f"out for validation (it must also be smaller than the training split)."
             )
         augment = dict(augment or {})
         if unknown := sorted(set(augment) - set(AUGMENTATIONS)):
@@ -135,14 +149,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.shuffle_seed, self.augment = shuffle_seed, augment
         self.source: Path | None = None
         self.format: str | None = None
+        self.class_names: tuple[str, ...] = dataset.CLASS_NAMES  # label id -> name, once read
         self.soft_targets: torch.Tensor | None = None  # [N_train, 10] teacher targets (distill.py)
 
     def search_dirs(self) -> list[Path]:
         """An explicit data.data_dir is used as given; the default also searches Debian's copy."""
         if self.data_dir is not None:
-            return [Path(self.data_dir).expanduser().resolve()]
+            return [resolved(self.data_dir, "data.data_dir")]
         default = os.environ.get("FMNIST_DATA_DIR") or project_root() / "data" / "fashion-mnist"
-        return [Path(default).expanduser().resolve(), dataset.DEBIAN_DIR]
+        return [resolved(default, "FMNIST_DATA_DIR"), dataset.DEBIAN_DIR]
 
     def prepare_data(self) -> None:
         dirs = self.search_dirs()
@@ -158,16 +173,28 @@ class FashionMNISTDataModule(L.LightningDataModule):
             return
         note = "" if self.download else "Downloading is off (data.download=false). "
         data = dataset.load(self.search_dirs(), download_note=note)
-        self.source, self.format = data.source, data.format
+        self.source, self.format, self.class_names = data.source, data.format, data.class_names
         if self.split == "official":
-            order = torch.randperm(60000, generator=torch.Generator().manual_seed(self.split_seed))
+            n = len(data.train_labels)
+            if self.val_size >= n:
+                raise ConfigError(
+                    f"data.val_size={self.val_size} must be smaller than the training split, which "
+                    f"has {n} images in {data.source}: validation is held out of it. Give e.g. "
+                    f"data.val_size={max(1, n // 10)} (a tenth)."
+                )
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             val_idx, train_idx = order[: self.val_size], order[self.val_size :]
             self.train = data.train_images[train_idx], data.train_labels[train_idx]
             self.val = data.train_images[val_idx], data.train_labels[val_idx]
             self.test = data.test_images, data.test_labels
-        else:  # Deep Learning Studio: all 70k images shuffled, then 80/10/10
+        else:  # Deep Learning Studio: both splits pooled and shuffled, then 80/10/10
             images = torch.cat([data.train_images, data.test_images])
             labels = torch.cat([data.train_labels, data.test_labels])
+            if len(labels) < 10:
+                raise ConfigError(
+                    f"data.split=random_80_10_10 needs at least 10 images to give each part one; "
+                    f"{data.source} has {len(labels)}. Add images, or use data.split=official."
+                )
             order = torch.randperm(
                 len(labels), generator=torch.Generator().manual_seed(self.split_seed)
             )
@@ -185,6 +212,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             "data/n_train": len(self.train[1]),
             "data/n_val": len(self.val[1]),
             "data/n_test": len(self.test[1]),
+            "data/classes": json.dumps(list(self.class_names)),
         }
 
     def _shard(self) -> dict[str, int]:

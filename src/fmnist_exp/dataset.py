@@ -1,18 +1,28 @@
-"""Fashion-MNIST files on disk -> uint8 tensors.
+"""Image-classification files on disk -> uint8 tensors, whichever layout a folder holds:
 
-Reads the official IDX files (gzipped or not) or the Kaggle CSV pair, whichever a directory holds,
-and downloads the IDX files when asked. Everything a user can get wrong (missing files, a truncated
-gz, a CSV with a bad row) raises a DataError that names the file and, for CSVs, the row.
+  idx          the four official IDX files (train-images-idx3-ubyte[.gz], ...), as Zalando publishes them
+  torchvision  the same files where torchvision downloads them: <root>/FashionMNIST/raw/ (root or raw/ given)
+  csv          the Kaggle pair fashion-mnist_train.csv / fashion-mnist_test.csv (label,pixel1..pixel784)
+  folder       pictures in a folder per class: <dir>/train/<class>/*.png and <dir>/test/<class>/*.png
+
+Splits of any size are read. Class folders named after the Fashion-MNIST classes (ignoring case,
+spaces and punctuation: `T-shirt_top`, `ankle boot`) or 0-9 keep the official label ids; any other
+names become the classes in sorted order (torchvision's ImageFolder rule). Pictures go through the
+same rule as `predict` (pictures.py). Everything a user can get wrong (a missing or truncated file,
+a CSV with a bad row, an empty class folder, an unreadable picture) raises a DataError that names
+the file or folder, and for CSVs the row.
 """
 
 import gzip
 import hashlib
 import os
+import re
 import struct
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fmnist_exp import pictures
 from fmnist_exp.errors import DataError
 
 CLASS_NAMES = (
@@ -34,24 +45,36 @@ IDX_FILES = {  # split -> (images, labels), without the optional .gz
 CSV_FILES = {"train": "fashion-mnist_train.csv", "test": "fashion-mnist_test.csv"}
 CSV_COLUMNS = ["label"] + [f"pixel{i}" for i in range(1, 785)]
 IDX_MAGIC = {3: 0x0803, 1: 0x0801}  # ndim -> magic number of an unsigned-byte IDX file
+TORCHVISION_DIRS = ("FashionMNIST/raw", "raw")  # under data.data_dir: torchvision's download layout
+DECODE_WORKERS_FROM = 2000  # pictures in a folder dataset from which decoding uses every core
 GET_DATA_HINT = (
     "Get the data with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or run with "
     "data.download=true, or point data.data_dir (or $FMNIST_DATA_DIR) at a folder holding the four "
-    "IDX files (train-images-idx3-ubyte.gz, ...) or the Kaggle pair fashion-mnist_train.csv / "
-    "fashion-mnist_test.csv."
+    "IDX files (train-images-idx3-ubyte.gz, ...), torchvision's FashionMNIST/raw/ folder, the Kaggle "
+    "pair fashion-mnist_train.csv / fashion-mnist_test.csv, or pictures in train/<class>/ and "
+    "test/<class>/."
 )
 
 
-@dataclass
-class FashionMNIST:
-    """The official splits as read from one directory."""
+def class_key(name: str) -> str:
+    """'T-shirt_top' and 'T-shirt/top' -> 'tshirttop': how folder names are matched to classes."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
-    train_images: torch.Tensor  # uint8 [60000, 1, 28, 28]
-    train_labels: torch.Tensor  # int64 [60000]
-    test_images: torch.Tensor  # uint8 [10000, 1, 28, 28]
-    test_labels: torch.Tensor  # int64 [10000]
+
+OFFICIAL_ID = {class_key(n): i for i, n in enumerate(CLASS_NAMES)} | {str(i): i for i in range(10)}
+
+
+@dataclass
+class Splits:
+    """The training and test splits as read from one directory."""
+
+    train_images: torch.Tensor  # uint8 [N_train, 1, 28, 28]
+    train_labels: torch.Tensor  # int64 [N_train], in 0..len(class_names)-1
+    test_images: torch.Tensor  # uint8 [N_test, 1, 28, 28]
+    test_labels: torch.Tensor  # int64 [N_test]
     source: Path  # the directory read
-    format: str  # "idx" | "csv"
+    format: str  # "idx" | "torchvision" | "csv" | "folder"
+    class_names: tuple[str, ...] = CLASS_NAMES  # label id -> name
 
 
 def _idx_path(directory: Path, name: str) -> Path | None:
@@ -61,34 +84,56 @@ def _idx_path(directory: Path, name: str) -> Path | None:
     return None
 
 
-def detect_format(directory: Path) -> str | None:
-    """'idx' when all four IDX files are there, else 'csv' when both CSVs are, else None."""
-    if all(_idx_path(directory, n) for pair in IDX_FILES.values() for n in pair):
-        return "idx"
+def _has_idx(directory: Path) -> bool:
+    return all(_idx_path(directory, n) for pair in IDX_FILES.values() for n in pair)
+
+
+def find(directory: Path) -> tuple[str, Path] | None:
+    """(format, the folder that holds the files) for the first layout `directory` holds, else None."""
+    if _has_idx(directory):
+        return "idx", directory
+    for sub in TORCHVISION_DIRS:
+        if _has_idx(directory / sub):
+            return "torchvision", directory / sub
     if all((directory / n).is_file() for n in CSV_FILES.values()):
-        return "csv"
+        return "csv", directory
+    if (directory / "train").is_dir() and (directory / "test").is_dir():
+        return "folder", directory
     return None
 
 
-def load(directories: list[Path], download_note: str = "") -> FashionMNIST:
+def detect_format(directory: Path) -> str | None:
+    """The layout `directory` holds (see the module docstring), or None."""
+    found = find(directory)
+    return found[0] if found else None
+
+
+def load(directories: list[Path], download_note: str = "") -> Splits:
     """Read the first directory that holds a complete copy; say where we looked if none does."""
     for directory in directories:
-        fmt = detect_format(directory)
-        if fmt == "idx":
-            return _load_idx(directory)
-        if fmt == "csv":
-            return _load_csv(directory)
+        if directory.is_file():
+            raise DataError(
+                f"data.data_dir={directory} is a file; it must be the folder that holds the data. "
+                f"{GET_DATA_HINT}"
+            )
+        if found := find(directory):
+            fmt, folder = found
+            reader = {"idx": _load_idx, "torchvision": _load_idx, "csv": _load_csv}
+            data = reader.get(fmt, _load_folder)(folder)
+            data.format = fmt
+            return data
     searched = "; ".join(describe_dir(d) for d in directories)
-    raise DataError(
-        f"Fashion-MNIST not found. Searched: {searched}. {download_note}{GET_DATA_HINT}"
-    )
+    raise DataError(f"No dataset found. Searched: {searched}. {download_note}{GET_DATA_HINT}")
 
 
 def describe_dir(directory: Path) -> str:
     """Why a folder holds no dataset, for error messages."""
     if not directory.is_dir():
         return f"{directory} (no such directory)"
-    return f"{directory} (no complete set of IDX files nor the CSV pair)"
+    return (
+        f"{directory} (no complete set of IDX files, neither here nor in FashionMNIST/raw/; no CSV "
+        f"pair; no train/ and test/ picture folders)"
+    )
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -121,7 +166,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _load_idx(directory: Path) -> FashionMNIST:
+def _load_idx(directory: Path) -> Splits:
     arrays = {}
     for split, (images_name, labels_name) in IDX_FILES.items():
         images_path, labels_path = (
@@ -135,16 +180,30 @@ def _load_idx(directory: Path) -> FashionMNIST:
                 f"labels; the two files must come from the same split. Fetch them again."
             )
         if labels.max(initial=0) > 9:
-            raise DataError(f"{labels_path} has labels above 9; it is not Fashion-MNIST.")
+            raise DataError(
+                f"{labels_path} has labels above 9 (largest {labels.max()}); Fashion-MNIST's are "
+                f"0..9. Fetch the file again, or bring other classes as picture folders."
+            )
+        _not_empty(len(labels), images_path)
         arrays[split] = _to_tensors(images, labels)
-    return FashionMNIST(*arrays["train"], *arrays["test"], source=directory, format="idx")
+    return Splits(*arrays["train"], *arrays["test"], source=directory, format="idx")
+
+
+def _not_empty(count: int, where: Path) -> None:
+    if count == 0:
+        raise DataError(f"{where} holds no images; every split needs at least one.")
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A Kaggle CSV (header label,pixel1..pixel784) -> (uint8 [N,28,28], uint8 [N]), row checked."""
     try:
         frame = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as e:
+    except pd.errors.EmptyDataError as e:
+        raise DataError(
+            f"{path} is empty; a Fashion-MNIST CSV has the header label,pixel1,...,pixel784 and a "
+            f"row per image."
+        ) from e
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{path} could not be parsed as CSV ({e}). Fetch the file again.") from e
     if list(frame.columns) != CSV_COLUMNS:
         got = ",".join(map(str, frame.columns[:4])) + ("..." if len(frame.columns) > 4 else "")
@@ -152,6 +211,7 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path} has columns {got} ({len(frame.columns)} in all); a Fashion-MNIST CSV needs the "
             f"header label,pixel1,...,pixel784 (785 columns), as in the Kaggle files."
         )
+    _not_empty(len(frame), path)
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255)
     bad[:, 0] |= values[:, 0] > 9
@@ -166,10 +226,87 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return pixels[:, 1:].reshape(-1, 28, 28), pixels[:, 0]
 
 
-def _load_csv(directory: Path) -> FashionMNIST:
+def _load_csv(directory: Path) -> Splits:
     train = _to_tensors(*read_csv(directory / CSV_FILES["train"]))
     test = _to_tensors(*read_csv(directory / CSV_FILES["test"]))
-    return FashionMNIST(*train, *test, source=directory, format="csv")
+    return Splits(*train, *test, source=directory, format="csv")
+
+
+def class_folders(split_dir: Path) -> dict[str, list[str]]:
+    """{class folder name: its pictures' paths, sorted} for one split of a picture-folder dataset.
+    Paths stay strings: for 60,000 files, pathlib objects cost more than the listing."""
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(
+            f"{split_dir} has no class folders; a picture dataset holds {split_dir}/<class>/*.png "
+            f"(PNG, JPEG, ...: {', '.join(sorted(pictures.SUFFIXES))}), one folder per class."
+        )
+    found = {}
+    for folder in folders:
+        files = sorted(  # os.walk: names from the directory listing, no stat() per file
+            os.path.join(top, name)
+            for top, _, names in os.walk(folder)
+            for name in names
+            if os.path.splitext(name)[1].lower() in pictures.SUFFIXES and not name.startswith(".")
+        )
+        if not files:
+            raise DataError(
+                f"{folder} holds no pictures ({', '.join(sorted(pictures.SUFFIXES))}): every class "
+                f"folder needs at least one. Add some, or remove the folder."
+            )
+        found[folder.name] = files
+    return found
+
+
+def class_ids(names: list[str], where: Path) -> tuple[dict[str, int], tuple[str, ...]]:
+    """({folder name: label id}, class names): the official ids when every folder is named after a
+    Fashion-MNIST class or 0-9, else the sorted folder names (torchvision's ImageFolder rule)."""
+    if all(class_key(n) in OFFICIAL_ID for n in names):
+        ids = {n: OFFICIAL_ID[class_key(n)] for n in names}
+        if len(set(ids.values())) < len(ids):
+            same = [n for n in names if list(ids.values()).count(ids[n]) > 1]
+            raise DataError(
+                f"{where}: the class folders {', '.join(same)} all mean class "
+                f"{CLASS_NAMES[ids[same[0]]]!r}; merge them into one folder."
+            )
+        return ids, CLASS_NAMES
+    ordered = tuple(sorted(names))
+    return {n: i for i, n in enumerate(ordered)}, ordered
+
+
+def _decode_file(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"{path} could not be read ({e.strerror or e}).") from e
+    return pictures.decode(data, path)
+
+
+def decode_files(paths: list[str]) -> np.ndarray:
+    """Pictures -> uint8 [N, 28, 28]; on every core when there are many (DECODE_WORKERS_FROM)."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < DECODE_WORKERS_FROM or workers == 1:
+        return np.stack([_decode_file(p) for p in paths])
+    with ProcessPoolExecutor(workers) as pool:
+        return np.stack(list(pool.map(_decode_file, paths, chunksize=256)))
+
+
+def _load_folder(directory: Path) -> Splits:
+    train, test = class_folders(directory / "train"), class_folders(directory / "test")
+    if unknown := sorted(set(test) - set(train)):
+        raise DataError(
+            f"{directory / 'test'} has class folders that {directory / 'train'} lacks: "
+            f"{', '.join(unknown)}. The model learns the training split's classes; rename or "
+            f"remove those folders, or add them to train/ too."
+        )
+    ids, names = class_ids(list(train), directory / "train")
+    arrays = []
+    for split in (train, test):
+        files = [f for folder in split.values() for f in folder]
+        labels = np.array([ids[name] for name, folder in split.items() for _ in folder])
+        arrays += _to_tensors(decode_files(files), labels)
+    return Splits(*arrays, source=directory, format="folder", class_names=names)
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

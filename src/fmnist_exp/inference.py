@@ -1,7 +1,8 @@
 """A trained model from any `model_uri`, as one function: raw pixels -> class probabilities.
 
 model_uri is one of
-  best                      the FINISHED run with the highest test/acc in the experiment
+  best                      the FINISHED run with the highest test/acc in the experiment, among
+                            runs that tested on their whole test split (partial runs are skipped)
   runs:/<run_id>/model      the model a training run logged (torch.export, MLflow's pytorch flavour)
   models:/<name>/<version>  a version in the MLflow model registry (see `register`)
   path/to/file.ckpt         a Lightning checkpoint written by a run (loaded with weights_only)
@@ -14,6 +15,7 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
+from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import UserError, one_paragraph
 
 URI_HELP = (
@@ -25,25 +27,25 @@ URI_HELP = (
 
 @dataclass
 class LoadedModel:
-    module: torch.nn.Module  # float32 [N, 1, 28, 28] in 0..255 -> probabilities [N, 10]
+    module: torch.nn.Module  # float32 [N, 1, 28, 28] in 0..255 -> probabilities [N, classes]
     uri: str  # what was loaded: `best` resolved to its runs:/ URI
+    class_names: tuple[str, ...] = CLASS_NAMES  # output index -> class name
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or float images [N, 1, 28, 28] (raw 0..255 pixels) -> probabilities [N, 10]."""
+        """uint8 or float images [N, 1, 28, 28] (raw 0..255 pixels) -> probabilities [N, classes]."""
         return self.module(images.float()).float()
 
 
 def best_run_uri(tracking_uri: str, experiment: str) -> str:
-    """runs:/<id>/model of the FINISHED run with the highest test/acc that logged a model."""
+    """runs:/<id>/model of the FINISHED, non-partial run with the highest test/acc that logged a
+    model. A partial run (tag partial=true: it tested on part of its test split) is no result."""
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
+    query = "attributes.status = 'FINISHED' and tags.partial = 'false'"
     runs = (
         client.search_runs(
-            [found.experiment_id],
-            "attributes.status = 'FINISHED'",
-            order_by=["metrics.`test/acc` DESC"],
-            max_results=20,
+            [found.experiment_id], query, order_by=["metrics.`test/acc` DESC"], max_results=50
         )
         if found
         else []
@@ -52,10 +54,17 @@ def best_run_uri(tracking_uri: str, experiment: str) -> str:
         if "test/acc" in run.data.metrics and run.data.params.get("mlflow.log_model") == "True":
             return f"runs:/{run.info.run_id}/model"
     raise UserError(
-        f"model_uri=best: no finished run with a logged model and a test/acc in experiment "
-        f"{experiment!r} of {tracking_uri}. Train one first (`make train`), or name the model: "
-        f"{URI_HELP}"
+        f"model_uri=best: no finished run that tested on its whole test split and logged a model "
+        f"in experiment {experiment!r} of {tracking_uri} (partial runs, such as those with "
+        f"trainer.limit_test_batches, are never ranked). Train one first (`make train`), or name "
+        f"the model: {URI_HELP}"
     )
+
+
+def logged_class_names(model_uri: str) -> tuple[str, ...]:
+    """The class names a logged model carries in its MLmodel metadata (tracking.log_model)."""
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    return tuple(metadata.get("class_names", CLASS_NAMES))
 
 
 def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -> LoadedModel:
@@ -66,22 +75,22 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
         mlflow.set_tracking_uri(tracking_uri)
         try:
             module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+            names = logged_class_names(model_uri)
         except (MlflowException, OSError) as exc:
             raise UserError(
                 f"model_uri={model_uri}: MLflow could not load it from {tracking_uri} "
                 f"({one_paragraph(exc)[:300]}). Check the run id or registry name and version in "
                 f"the MLflow UI (`make ui`), and that MLFLOW_TRACKING_URI points at the right store."
             ) from exc
-        return LoadedModel(module, model_uri)  # torch.export's module: inference only already
+        return LoadedModel(module, model_uri, names)  # torch.export's module: inference only
     path = Path(model_uri).expanduser()
     if not path.is_file():
         raise UserError(f"model_uri={model_uri}: not a model URI and no such file. {URI_HELP}")
-    return LoadedModel(load_checkpoint(path), str(path.resolve()))
-
-
-def load_checkpoint(path: Path) -> torch.nn.Module:
     hint = "Pass a .ckpt from a run's checkpoints/ folder, or a runs:/<run_id>/model URI."
-    return load_classifier(path, f"model_uri={path}", hint).probabilities_module()
+    classifier = load_classifier(path, f"model_uri={path}", hint)
+    return LoadedModel(
+        classifier.probabilities_module(), str(path.resolve()), classifier.class_names
+    )
 
 
 def load_classifier(path: Path, source: str, hint: str):

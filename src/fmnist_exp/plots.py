@@ -30,7 +30,7 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
 
 
 def confusion_matrix(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path) -> Path:
-    """matrix: [10, 10] counts, rows = true class, columns = predicted class."""
+    """matrix: [classes, classes] counts, rows = true class, columns = predicted class."""
     counts = matrix.cpu().numpy()
     fig, ax = plt.subplots(figsize=(8, 7), constrained_layout=True)
     ax.imshow(counts, cmap="Blues")

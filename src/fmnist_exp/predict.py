@@ -1,10 +1,15 @@
 """`python -m fmnist_exp.predict model_uri=best inputs=photos/ [out=preds.csv]`
 
-Runs a trained model on new images (see inputs.py for the formats and the picture rule, and
-inference.py for model_uri). Prints one line per image (input, class, probability, top 3) and, when
-the inputs carry labels, the accuracy over the labelled ones.
+Runs a trained model on new images (see inputs.py for the formats, pictures.py for the picture
+rule, and inference.py for model_uri). Prints one line per image (input, class, probability, top 3)
+and, when the inputs carry labels, the accuracy over the labelled ones.
+
+Exit status: 0 when every input was labelled; 1 when some pictures could not be read (each is named
+on stderr, the rest are labelled and written as usual); 2 for bad options or when nothing could be
+read.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,6 @@ import pandas as pd
 import torch
 
 from fmnist_exp import cli, inference
-from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import UserError
 from fmnist_exp.inputs import read_inputs
 from fmnist_exp.paths import default_tracking_uri
@@ -34,13 +38,14 @@ def predict_table(model: inference.LoadedModel, names, images: np.ndarray, label
         model.probabilities(torch.from_numpy(images[i : i + batch_size]))
         for i in range(0, len(images), batch_size)
     ])  # fmt: skip
-    top_p, top_k = probs.topk(3, dim=1)
+    top_p, top_k = probs.topk(min(3, probs.shape[1]), dim=1)
+    classes = model.class_names
     table = pd.DataFrame({
         "input": names,
         "label": top_k[:, 0].numpy(),
-        "class_name": [CLASS_NAMES[k] for k in top_k[:, 0].tolist()],
+        "class_name": [classes[k] for k in top_k[:, 0].tolist()],
         "probability": top_p[:, 0].numpy().round(4),
-        "top3": [", ".join(f"{CLASS_NAMES[k]} {p:.2f}" for k, p in zip(ks, ps, strict=True))
+        "top3": [", ".join(f"{classes[k]} {p:.2f}" for k, p in zip(ks, ps, strict=True))
                  for ks, ps in zip(top_k.tolist(), top_p.tolist(), strict=True)],
     })  # fmt: skip
     if labels is not None:
@@ -55,20 +60,22 @@ def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
     return float((known.label == known.true_label).mean()), len(known)
 
 
-def run(argv: list[str]) -> pd.DataFrame:
+def run(argv: list[str]) -> int:
     options = cli.parse("predict", argv, OPTIONS, EXAMPLE)
     if not options["inputs"]:
         raise UserError(
             f"predict: inputs= is required (files or folders, comma-separated), e.g. {EXAMPLE}."
         )
-    try:
-        batch_size, show = int(options["batch_size"]), int(options["show"])
-    except ValueError as exc:
-        raise UserError(f"predict: batch_size= and show= take whole numbers ({exc}).") from exc
-    found = read_inputs([Path(p) for p in options["inputs"].split(",") if p])
+    batch_size = cli.whole_number("predict", "batch_size", options["batch_size"], minimum=1)
+    show = cli.whole_number("predict", "show", options["show"], minimum=0)
+    paths = [Path(p) for p in options["inputs"].split(",") if p]
+    for path in paths:  # before the model loads: a typo costs no wait
+        if not path.exists():
+            raise UserError(f"predict: inputs: {path} does not exist.")
     uri = options["tracking_uri"] or default_tracking_uri()
     model = inference.load(options["model_uri"], uri, options["experiment"])
-    table = predict_table(model, found.names, found.images, found.labels, max(1, batch_size))
+    found = read_inputs(paths, model.class_names)
+    table = predict_table(model, found.names, found.images, found.labels, batch_size)
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
         print(table.head(show).to_string(index=False))
     if len(table) > show:
@@ -81,7 +88,12 @@ def run(argv: list[str]) -> pd.DataFrame:
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         print(f"wrote {out} ({len(table)} rows)")
-    return table
+    for message in found.failed:
+        print(f"skipped: {message}", file=sys.stderr)
+    if found.failed:
+        print(f"{len(found.failed)} input(s) could not be read; the other {len(table)} are labelled above.",
+              file=sys.stderr)  # fmt: skip
+    return 1 if found.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR]`
+"""`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR] [partial=false]`
 
 Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
 the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
 differ only in the seed, folded into one row: test accuracy mean +- std); and params_vs_accuracy.png
 (one point per folded row). With a sweep (the default: the latest) the files are also logged as
-artifacts of the sweep's parent run under report/.
+artifacts of the sweep's parent run under report/. Partial runs (tag partial=true: they tested
+on part of their test split) are no results and are left out unless partial=true.
 """
 
 import sys
@@ -30,6 +31,7 @@ OPTIONS = {
     "filter": "",
     "out": "",
     "tracking_uri": "",
+    "partial": "false",  # true: also list partial runs (a smoke test's numbers, never ranked)
 }
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
            "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
@@ -254,6 +256,19 @@ def report(options: dict[str, str]) -> Path:
     uri = options["tracking_uri"] or default_tracking_uri()
     sweep = options["sweep"] if not (options["filter"] and options["sweep"] == "latest") else ""
     runs, parent_id = select_runs(uri, options["experiment"], sweep, options["filter"])
+    if options["partial"] not in ("true", "false"):
+        raise UserError(f"report: partial={options['partial']!r} must be true or false.")
+    partial = runs.get("tags.partial", pd.Series("false", index=runs.index)) == "true"
+    if options["partial"] == "false" and partial.any():
+        print(f"left out {int(partial.sum())} partial run(s) (tested on part of the test split; "
+              f"partial=true lists them)")  # fmt: skip
+        runs = runs[~partial]
+        if runs.empty:
+            raise UserError(
+                "report: every matching run is partial (it tested on part of its test split, e.g. "
+                "with trainer.limit_test_batches): there is no result to report. Train without "
+                "the limit, or pass partial=true to list them anyway."
+            )
     table = build_table(runs)
     stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(options["out"] or project_root() / "outputs" / "reports" / stamp)

@@ -6,8 +6,10 @@
   POST /predict/pixels JSON {"inputs": [N, 1, 28, 28] or [N, 28, 28], raw 0..255} -> {predictions: [...]}
   GET  /health         {status, model_uri}
 
-Bad requests get a status and a message, never a dead server: unreadable image 400, upload over
-max_upload_mb 413, wrong array shape or values 422, anything unexpected 500.
+Bad requests get a status and a message, never a dead server: unreadable image 400, a body over
+its limit (max_upload_mb per picture, counted as it arrives, chunked or not) or a picture over
+pictures.MAX_PIXELS 413, wrong array shape or values 422, anything unexpected 500. Pictures are
+decoded in a worker thread, so one large picture does not hold up other requests.
 """
 
 import base64
@@ -21,12 +23,13 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from fmnist_exp import cli, inference
-from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp import cli, inference, pictures
 from fmnist_exp.errors import DataError, UserError
-from fmnist_exp.inputs import SIZE, decode_picture
 from fmnist_exp.paths import default_tracking_uri
+
+SIZE = pictures.SIZE
 
 OPTIONS = {
     "model_uri": "best",  # best | runs:/<id>/model | models:/<name>/<version> | a .ckpt path
@@ -50,17 +53,67 @@ def _png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit(path)` bytes gets 413, whether it announces its
+    length (refused before it is read) or arrives chunked (counted as it comes, cut off when over)."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limit(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(send, int(length), limit)
+        seen, started = 0, False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send, seen, limit)
+
+    @staticmethod
+    async def _refuse(send, size: int, limit: int) -> None:
+        body = JSONResponse(
+            {"detail": f"request body of {size:,}+ bytes is over the limit of {limit:,} bytes."},
+            status_code=413,
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, max_batch: int = 256):
     app = FastAPI(title="fmnist-exp", description=__doc__)
     page = PAGE.read_text()
+    classes = model.class_names
 
     def predictions(images: np.ndarray) -> list[dict]:
         probs = model.probabilities(torch.from_numpy(images)).tolist()
         return [
             {
                 "label": int(np.argmax(p)),
-                "class_name": CLASS_NAMES[int(np.argmax(p))],
-                "probabilities": dict(zip(CLASS_NAMES, (round(v, 6) for v in p), strict=True)),
+                "class_name": classes[int(np.argmax(p))],
+                "probabilities": dict(zip(classes, (round(v, 6) for v in p), strict=True)),
             }
             for p in probs
         ]
@@ -71,19 +124,20 @@ def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, ma
             raise HTTPException(
                 413, f"{upload.filename}: over the {max_upload_bytes:,}-byte limit."
             )
-        try:
-            return decode_picture(data, upload.filename or "upload")
+        try:  # off the event loop: other requests go on while a big picture decodes
+            return await run_in_threadpool(pictures.decode, data, upload.filename or "upload")
+        except pictures.PictureTooLarge as exc:
+            raise HTTPException(413, str(exc)) from exc
         except DataError as exc:
             raise HTTPException(400, str(exc)) from exc
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        limit = max_upload_bytes * (max_batch if request.url.path == "/predict/batch" else 1)
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:  # + multipart headers
-            return JSONResponse({"detail": f"request of {int(length):,} bytes is over the limit "
-                                 f"({max_upload_bytes:,} bytes per image)."}, status_code=413)  # fmt: skip
-        return await call_next(request)
+    multipart_headers = 64 * 1024  # room for the form's boundaries and part headers
+    app.add_middleware(
+        BodyLimit,
+        limit=lambda path: (
+            max_upload_bytes * (max_batch if path == "/predict/batch" else 1) + multipart_headers
+        ),
+    )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -144,16 +198,17 @@ def run(argv: list[str]) -> None:
     import uvicorn
 
     options = cli.parse("serve", argv, OPTIONS, "model_uri=best host=127.0.0.1 port=8000")
+    port = cli.whole_number("serve", "port", options["port"], minimum=1, maximum=65535)
+    max_batch = cli.whole_number("serve", "max_batch", options["max_batch"], minimum=1)
     try:
-        port, max_mb, max_batch = (
-            int(options["port"]),
-            float(options["max_upload_mb"]),
-            int(options["max_batch"]),
-        )
-    except ValueError as exc:
+        max_mb = float(options["max_upload_mb"])
+    except ValueError:
+        max_mb = float("nan")
+    if not max_mb > 0 or max_mb == float("inf"):
         raise UserError(
-            f"serve: port=, max_upload_mb= and max_batch= take numbers ({exc})."
-        ) from exc
+            f"serve: max_upload_mb={options['max_upload_mb']!r} must be a number of megabytes > 0 "
+            f"(the largest picture a request may send), e.g. max_upload_mb=5."
+        )
     uri = options["tracking_uri"] or default_tracking_uri()
     model = inference.load(options["model_uri"], uri, options["experiment"])  # fails before binding
     app = create_app(model, int(max_mb * (1 << 20)), max_batch)

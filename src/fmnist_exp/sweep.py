@@ -183,13 +183,16 @@ class MLflowSweep(Callback):
         failed = [r for r in children if r.info.status != "FINISHED"]
         finished = [r for r in children if r.info.status == "FINISHED"]
         skipped = client.search_runs([parent.info.experiment_id], reused_filter(parent_id))
+        partial = [r for r in finished + skipped if r.data.tags.get("partial") == "true"]
         summary = {
             "sweep/jobs": len(children) + len(skipped),
             "sweep/finished": len(finished),
             "sweep/failed": len(failed),
             "sweep/skipped": len(skipped),
+            "sweep/partial": len(partial),
         }
-        if results := finished + skipped:  # a reused run is this sweep's result for its job
+        # a reused run is this sweep's result for its job; a partial run is nobody's result
+        if results := [r for r in finished + skipped if r.data.tags.get("partial") != "true"]:
             best = max(results, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
             summary |= {
                 "best/val_acc": best.data.metrics.get("val/acc_best", float("nan")),
@@ -202,7 +205,8 @@ class MLflowSweep(Callback):
             client.log_metric(parent_id, key, value)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         counts = {"trained": len(finished), "failed": len(failed),
-                  "reused (FINISHED before; skip_finished=true)": len(skipped)}  # fmt: skip
+                  "reused (FINISHED before; skip_finished=true)": len(skipped),
+                  "partial (tested on part of the test split: not ranked)": len(partial)}  # fmt: skip
         print(
             f"sweep {parent_id}: {summary['sweep/jobs']} jobs: "
             + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what == "trained")

@@ -126,12 +126,17 @@ def git_commit(directory: Path) -> str:
 
 
 def log_model(
-    tracking_uri: str, run_id: str, model: torch.nn.Module, example: torch.Tensor
+    tracking_uri: str,
+    run_id: str,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    class_names: tuple[str, ...],
 ) -> None:
-    """Log the servable model: raw pixels float32 [N, 1, 28, 28] -> probabilities [N, 10].
+    """Log the servable model: raw pixels float32 [N, 1, 28, 28] -> probabilities [N, classes].
 
     MLflow 3 saves it with torch.export, which needs an input example with batch >= 2 so the batch
     dimension is exported as dynamic, plus a signature and explicit requirements (no env inference).
+    The class names ride in the MLmodel file's metadata, so predict and serve name the outputs.
     """
     example = example[:2].float().cpu().numpy().astype(np.float32)
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)  # undo channels_last
@@ -144,6 +149,7 @@ def log_model(
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
+            metadata={"class_names": list(class_names)},
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"mlflow=={mlflow.__version__}",

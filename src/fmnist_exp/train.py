@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import distill, plots, resume, sweep, tracking
 from fmnist_exp.classifier import Classifier
-from fmnist_exp.dataset import CLASS_NAMES
 from fmnist_exp.errors import ConfigError, UserError, user_error
 from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
 from fmnist_exp.lean import CallbackBundle, QuietProfiler
@@ -259,6 +258,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         tta_hflip=cfg.tta_hflip,
         distill_weight=distill_cfg["weight"] if distill_cfg["teachers"] else 0.0,
         distill_temperature=distill_cfg["temperature"],
+        class_names=datamodule.class_names,
     )
     model.make_optimizer()  # a setting torch refuses fails here, before the MLflow run exists
     params_total, params_trainable = count_parameters(model.net)
@@ -337,6 +337,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         tested = trainer.test(
             model, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
         )
+        n_tested, n_test = int(tested[0]["test/n_images"]), len(datamodule.test[1])
+        # a run that scored part of its test split (limit_test_batches, fast_dev_run) is no result
+        partial = n_tested < n_test or bool(trainer.fast_dev_run)
+        client.set_tag(run_id, "partial", str(partial).lower())
         results = {
             "test/acc": tested[0]["test/acc"],
             "test/loss": tested[0]["test/loss"],
@@ -349,7 +353,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             return results
         curves = plots.training_curves(history.epochs, output_dir / "training_curves.png")
         confusion = plots.confusion_matrix(
-            model.test_confusion_counts, CLASS_NAMES, output_dir / "confusion_matrix.png"
+            model.test_confusion_counts, model.class_names, output_dir / "confusion_matrix.png"
         )
         for artifact in (config_file, curves, confusion):
             client.log_artifact(run_id, str(artifact))
@@ -358,8 +362,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         if cfg.mlflow.log_model:
             example = datamodule.test[0][:2]
             tracking.log_model(
-                cfg.mlflow.tracking_uri, run_id, model.probabilities_module(), example
-            )
+                cfg.mlflow.tracking_uri, run_id, model.probabilities_module(), example,
+                model.class_names,
+            )  # fmt: skip
             if cfg.mlflow.register_model:
                 registered = tracking.register_model(
                     cfg.mlflow.tracking_uri, f"runs:/{run_id}/model", cfg.mlflow.register_model
@@ -395,7 +400,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     client.set_terminated(run_id, "FINISHED")
 
     print(
-        f"run {run_id}  test/acc={results['test/acc']:.4f}  params={params_total:,}  "
+        f"run {run_id}  test/acc={results['test/acc']:.4f}"
+        + (f" (partial: {n_tested} of {n_test} test images)" if partial else "")
+        + f"  params={params_total:,}  "
         f"epochs={results['epochs']}  wall={results['time/total_s']:.1f}s  "
         f"outputs={output_dir}\n"
         + (
