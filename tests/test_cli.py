@@ -48,7 +48,7 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
     [
         (
             "data.data_dir=/nonexistent/fmnist",
-            "Fashion-MNIST not found. Searched: /nonexistent/fmnist (no such directory)",
+            "No dataset found. Searched: /nonexistent/fmnist (no such directory)",
         ),
         ("model.kernel_size=[5,20]", "model.kernel_size=[5, 20]: conv 2 has kernel 20"),
         ("model.channels=0", "model.channels=0 must be a positive int"),
@@ -96,6 +96,9 @@ def test_bad_input_in_a_real_process_exits_2_without_a_traceback(tmp_path, real_
 def test_gpu_without_a_gpu_is_lightnings_clear_error(run_main, tmp_path, real_data_dir):
     done = run_main(*fast(tmp_path, real_data_dir), "trainer.accelerator=gpu")
     assert_one_paragraph_error(done, "GPU")
+    if torch.version.cuda is None:  # a CPU-only build: say so, whatever the machine has
+        assert f"This torch ({torch.__version__}) is a CPU-only build" in done.stderr
+        assert "make setup TORCH=torch" in done.stderr
 
 
 def test_unknown_config_option_lists_the_choices(run_main):
@@ -135,3 +138,78 @@ def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fmnist_exp.models.LeNet" in done.stdout and "activation: tanh" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "uri,expected",
+    [
+        ("foo://somewhere", "mlflow.tracking_uri='foo://somewhere' is not a tracking store"),
+        ("{tmp}/plain", "is not a tracking store this project can use"),
+        ("sqlite:///relative/mlflow.db", "is a relative path"),
+        (
+            "sqlite:///{tmp}/corrupt.db",
+            "corrupt.db (mlflow.tracking_uri) is not an SQLite database",
+        ),
+    ],
+    ids=["unknown-scheme", "plain-path", "relative-sqlite", "corrupt-db"],
+)
+def test_a_bad_tracking_store_is_one_paragraph_before_the_data_loads(
+    run_main, tmp_path, real_data_dir, monkeypatch, uri, expected
+):
+    from fmnist_exp.datamodule import FashionMNISTDataModule
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database at all" * 100)
+    monkeypatch.setattr(FashionMNISTDataModule, "setup", lambda *a: pytest.fail("data loaded"))
+    done = run_main(
+        *fast(tmp_path, real_data_dir), f"mlflow.tracking_uri={uri.format(tmp=tmp_path)}"
+    )
+    assert_one_paragraph_error(done, expected)
+    assert corrupt.read_bytes() == b"not a database at all" * 100  # left as it was
+
+
+def test_an_empty_experiment_name_is_one_paragraph(run_main, tmp_path, real_data_dir):
+    done = run_main(*fast(tmp_path, real_data_dir), "mlflow.experiment=''")
+    assert_one_paragraph_error(done, "mlflow.experiment='' must be a name")
+
+
+def test_final_status_writes_wait_for_a_busy_store_and_nothing_else(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from fmnist_exp import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def busy_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return "written"
+
+    assert tracking.patiently(busy_twice) == "written" and len(calls) == 3
+    calls.clear()
+
+    def gone():
+        calls.append(1)
+        raise MlflowException("Run 'abc' not found")
+
+    with pytest.raises(MlflowException, match="not found"):
+        tracking.patiently(gone)
+    assert len(calls) == 1  # not a busy store: no waiting
+
+
+@pytest.mark.slow
+def test_two_runs_starting_at_once_on_a_brand_new_store_both_finish(tmp_path, real_data_dir):
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/new/mlflow.db"
+    args = ["trainer=fast", f"data.data_dir={real_data_dir}", store, "mlflow.log_model=false"]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "fmnist_exp", *args, f"hydra.run.dir={tmp_path}/run{i}"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    runs = runs_in(f"sqlite:///{tmp_path}/new/mlflow.db")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]

@@ -238,7 +238,10 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     done = run_cli(*sweep, "skip_finished=true", f"hydra.sweep.dir={tmp_path}/second")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "skipped: this config already FINISHED" in done.stdout
-    assert ": 2 jobs: 1 trained, 1 reused (FINISHED before; skip_finished=true);" in done.stdout
+    assert (
+        ": 2 jobs: 1 trained, 1 reused (FINISHED before; skip_finished=true), 2 partial"
+        in done.stdout
+    )
     children = [r for r in runs(tmp_path) if r.data.tags.get("sweep") != "parent"]
     assert len(children) == 2  # nothing trained twice (counted before keying by width)
     after = {r.data.params["model.channels"]: r for r in children}

@@ -102,6 +102,34 @@ def test_bad_requests_get_a_status_and_a_message(client, request_kwargs, path, s
     assert client.get("/health").status_code == 200  # and the server goes on
 
 
+def test_a_huge_canvas_and_a_chunked_body_over_the_limit_get_413(client):
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 8_000)).save(buffer, format="PNG")  # 80 megapixels in a few kB
+    response = client.post("/predict", files={"file": ("huge.png", buffer.getvalue())})
+    assert response.status_code == 413, response.text
+    assert "10000 x 8000 pixels" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        yield b'{"inputs": ['
+        for _ in range(400):
+            yield b"[" + b"0," * 500 + b"0],"
+        yield b"[0]]}"
+
+    response = client.post(
+        "/predict/pixels", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413 and "over the limit" in response.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["port=99999", "port=http", "max_upload_mb=-1", "max_batch=0"])
+def test_bad_serve_options_are_one_paragraph(bad, capsys):
+    assert serve.main([bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: serve: {bad.split('=')[0]}=") and "Traceback" not in err
+
+
 def test_an_unexpected_error_is_a_500_not_a_dead_server(model, expected):
     class Broken:
         uri, class_names = "broken", CLASS_NAMES

@@ -57,8 +57,9 @@ def channel_sweep(tmp_path_factory, real_data_dir):
     """One sweep for the session (made_once): its two tests often land on different workers."""
 
     def sweep(tmp: Path) -> None:
+        # job 1 tests on one batch (a partial run: never ranked), job 0 on the whole test split
         done = run_cli("--multirun", "model=lenet_bn", "model.channels=4,8", "+tags.gpu=${fmnist.job_gpu:2}",
-                       *TINY, *store_args(tmp, real_data_dir))  # fmt: skip
+                       *TINY, "++trainer.limit_test_batches=null,1", *store_args(tmp, real_data_dir))  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         (tmp / "stdout.txt").write_text(done.stdout)
 
@@ -69,16 +70,24 @@ def channel_sweep(tmp_path_factory, real_data_dir):
 def test_channel_sweep_nests_one_child_per_job(channel_sweep):
     tmp, stdout = channel_sweep
     parent, children = parent_and_children(tmp)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 2
-    assert parent.data.metrics["sweep/finished"] == 2 and "best_run_id" in parent.data.tags
-    for child, channels in zip(children, (4, 8), strict=True):
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 4
+    assert parent.data.metrics["sweep/finished"] == 4 and parent.data.metrics["sweep/partial"] == 2
+    full = [c for c in children if c.data.tags["partial"] == "false"]
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in full}  # partial never best
+    for child in children:
+        tested = child.data.metrics["test/n_images"]
+        assert tested == (10000 if child.data.tags["partial"] == "false" else 1000)
+    assert len({c.info.run_name for c in children}) == 4  # each job's name tells it apart
+    for child, channels in zip(children, (4, 4, 8, 8), strict=True):
         assert child.info.status == "FINISHED"
-        assert child.data.tags["gpu"] == child.data.tags["sweep.job_num"]  # job k -> device k mod 2
+        job = int(child.data.tags["sweep.job_num"])
+        assert int(child.data.tags["gpu"]) == job % 2  # job k -> device k mod 2
+        assert child.info.run_name.startswith(f"#{job} lenet_bn model=lenet_bn model.channels=")
         assert child.data.tags["overrides"].startswith(f"model=lenet_bn model.channels={channels} ")
         expected = count_parameters(LeNet(channels=channels, activation="relu", batch_norm=True))[0]
         assert child.data.metrics["model/params_total"] == expected
-    assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1"]  # own dirs
-    assert f"sweep {parent.info.run_id}: 2 jobs: 2 trained;" in stdout
+    assert sorted(p.name for p in (tmp / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert f"sweep {parent.info.run_id}: 4 jobs: 4 trained, 2 partial" in stdout
 
 
 def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
@@ -86,8 +95,10 @@ def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
     from fmnist_exp.report import main
 
     assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"out={tmp_path}"]) == 0  # latest sweep
+    assert "left out 2 partial run(s)" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "table.csv")
     parent, children = parent_and_children(tmp)
+    children = [c for c in children if c.data.tags["partial"] == "false"]
     assert sorted(table.run_id) == sorted(c.info.run_id for c in children)
     assert sorted(table.params) == sorted(
         int(c.data.metrics["model/params_total"]) for c in children
@@ -99,6 +110,11 @@ def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {f"report/{name}" for name in
                       ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png")}  # fmt: skip
+    assert (
+        main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"out={tmp_path / 'all'}", "partial=true"])
+        == 0
+    )
+    assert len(pd.read_csv(tmp_path / "all" / "table.csv")) == 4  # asked for: partial runs listed
     assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "bogus=1"]) == 2
     capsys.readouterr()
     assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", "filter=tags.model LIKE"]) == 2

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fmnist_exp.classifier import Classifier
-from fmnist_exp.errors import ConfigError
+from fmnist_exp.errors import ConfigError, UserError
 from fmnist_exp.guards import RunInterrupted
 from fmnist_exp.train import check_seed, ema_callback, train
 
@@ -56,6 +56,7 @@ def test_run_records_params_metrics_tags(trained):
         "10000",
     )
     assert metrics["model/params_total"] == metrics["model/params_trainable"] == 44_470
+    assert tags["partial"] == "true" and metrics["test/n_images"] == 3000  # 3 of 10 test batches
     assert metrics["test/acc"] == pytest.approx(results["test/acc"])
     for name in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss"):
         assert np.isfinite(metrics[name]), name
@@ -141,6 +142,27 @@ def test_other_options_train_a_few_steps(make_config, overrides):
     results = train(cfg)
     _, run = the_only_run(cfg)
     assert run.info.status == "FINISHED" and 0 <= results["test/acc"] <= 1
+
+
+def test_partial_runs_are_never_best(make_config, capsys):
+    """A smoke run that scored part of the test split is tagged partial and skipped by
+    model_uri=best; one that trained on few batches but tested on all 10,000 images is a result."""
+    from fmnist_exp import inference
+
+    smoke = make_config("trainer.limit_test_batches=1", "trainer.limit_train_batches=40")
+    train(smoke)
+    assert "(partial: 1000 of 10000 test images)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="no finished run that tested on its whole test split"):
+        inference.best_run_uri(smoke.mlflow.tracking_uri, "fashion-mnist")
+    real = make_config("trainer.limit_test_batches=null", "trainer.limit_train_batches=4")
+    train(real)
+    client = mlflow.MlflowClient(real.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    (full,) = [r for r in runs if r.data.tags["partial"] == "false"]
+    assert full.data.metrics["test/n_images"] == 10000
+    assert inference.best_run_uri(real.mlflow.tracking_uri, "fashion-mnist") == (
+        f"runs:/{full.info.run_id}/model"
+    )
 
 
 def test_bad_model_fails_before_any_run_is_made(make_config):

@@ -7,7 +7,7 @@
   GET  /health         {status, model_uri}
 
 Bad requests get a status and a message, never a dead server: unreadable image 400, a body over
-its limit (max_upload_mb per picture, counted as it arrives, chunked or not) or a picture over
+its limit (max_upload_mb per picture, announced or sent chunked) or a picture over
 pictures.MAX_PIXELS 413, wrong array shape or values 422, anything unexpected 500. Pictures are
 decoded in a worker thread, so one large picture does not hold up other requests.
 """
@@ -54,8 +54,9 @@ def _png_data_url(image: np.ndarray) -> str:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `limit(path)` bytes gets 413, whether it announces its
-    length (refused before it is read) or arrives chunked (counted as it comes, cut off when over)."""
+    """ASGI middleware: a request body over `limit(path)` bytes gets 413. One that announces its
+    length is refused before it is read; one sent chunked is read here, at most `limit` bytes of it,
+    and handed on only when it ends within the limit, so no body is ever held beyond its bound."""
 
     def __init__(self, app, limit):
         self.app, self.limit = app, limit
@@ -64,42 +65,35 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limit(scope["path"])
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            return await self._refuse(send, int(length), limit)
-        seen, started = 0, False
-
-        async def counted_receive():
-            nonlocal seen
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > limit:
+                return await self._refuse(send, f"{int(length):,}", limit)
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge
-            return message
+                return await self._refuse(send, f"over {limit:,}", limit)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
 
-        async def watched_send(message):
-            nonlocal started
-            started = True
-            await send(message)
+        async def replayed():
+            return next(replay, None) or await receive()
 
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send, seen, limit)
+        await self.app(scope, replayed, send)
 
     @staticmethod
-    async def _refuse(send, size: int, limit: int) -> None:
+    async def _refuse(send, size: str, limit: int) -> None:
         body = JSONResponse(
-            {"detail": f"request body of {size:,}+ bytes is over the limit of {limit:,} bytes."},
+            {"detail": f"request body of {size} bytes is over the limit of {limit:,} bytes."},
             status_code=413,
         )
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, max_batch: int = 256):

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp import tracking
+from fmnist_exp.errors import UserError, one_paragraph
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
@@ -159,7 +160,11 @@ class MLflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
-        experiment_id = tracking.ensure_store(uri, config.mlflow.experiment)
+        try:
+            experiment_id = tracking.ensure_store(uri, config.mlflow.experiment)
+        except UserError as exc:  # before any job: one paragraph, exit 2
+            print(f"error: {one_paragraph(exc)}", file=sys.stderr)
+            sys.exit(2)
         overrides = " ".join(config.hydra.overrides.task)
         run = mlflow.MlflowClient(uri).create_run(
             experiment_id,

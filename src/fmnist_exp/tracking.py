@@ -4,8 +4,11 @@ The store is always passed explicitly (MLflow 3 refuses the bare ./mlruns file s
 store the artifacts live beside the database file, so one folder (mlruns/) holds everything.
 """
 
+import fcntl
+import os
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import mlflow
@@ -14,7 +17,10 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
-from fmnist_exp.errors import UserError
+from fmnist_exp.errors import ConfigError, UserError
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores MLflow takes, beside sqlite
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -44,15 +50,81 @@ def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
+STORE_HELP = (
+    "Use sqlite:////absolute/path/mlflow.db (the default: <root>/mlruns/mlflow.db), "
+    "http(s)://host:port for a tracking server, or a database URI (postgresql://...); set it with "
+    "mlflow.tracking_uri=... or MLFLOW_TRACKING_URI, or unset both for the default."
+)
+
+
+def check_store_uri(tracking_uri: str, experiment: str) -> None:
+    """Refuse a tracking URI or experiment name that cannot work, before anything is read or made:
+    an unknown scheme, a plain path (MLflow 3's retired file store), a relative sqlite path (it
+    would depend on the working directory), a file that is not an SQLite database, a store that
+    cannot be written, an empty experiment name."""
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError(
+            f"mlflow.experiment={experiment!r} must be a name, e.g. mlflow.experiment=fashion-mnist."
+        )
+    if (
+        tracking_uri.startswith(("http://", "https://"))
+        or tracking_uri.split(":")[0].split("+")[0] in DATABASE_SCHEMES
+    ):
+        return
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        raise ConfigError(
+            f"mlflow.tracking_uri={tracking_uri!r} is not a tracking store this project can use. {STORE_HELP}"
+        )
+    if not db.is_absolute():
+        raise ConfigError(
+            f"mlflow.tracking_uri={tracking_uri}: {db} is a relative path (it would change with the "
+            f"working directory); write it absolute, with four slashes: sqlite:///{db.resolve()}."
+        )
+    if db.is_file():
+        with open(db, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise UserError(
+                f"{db} (mlflow.tracking_uri) is not an SQLite database: it is corrupt or another "
+                f"kind of file. It was left as it is; move it aside or point mlflow.tracking_uri "
+                f"elsewhere. {STORE_HELP}"
+            )
+    folder = db.parent if db.parent.exists() else next(p for p in db.parents if p.exists())
+    writable = os.access(db, os.W_OK) if db.exists() else os.access(folder, os.W_OK)
+    if not (writable and os.access(folder, os.W_OK)):
+        raise UserError(
+            f"The tracking store {db} (mlflow.tracking_uri) cannot be written (read-only file or "
+            f"folder): fix its permissions, or point mlflow.tracking_uri at a writable place. "
+            f"Nothing was recorded."
+        )
+
+
 def ensure_store(tracking_uri: str, experiment: str) -> str:
     """Create the store's schema and the experiment if needed; return the experiment id.
 
-    Done once, up front, so that parallel jobs never race on a fresh sqlite file.
+    Done once, up front, under a file lock beside a sqlite store, so that processes starting on a
+    brand-new store at once never race on its schema. Every way the store can refuse is a UserError.
     """
-    if (db := sqlite_path(tracking_uri)) is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    check_store_uri(tracking_uri, experiment)
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
+    db = sqlite_path(tracking_uri)
+    try:
+        if db is None:
+            return _ensure_experiment(tracking_uri, experiment)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.parent / f".{db.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            return _ensure_experiment(tracking_uri, experiment)
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise UserError(
+            f"The tracking store {tracking_uri} could not be opened ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}). It was left as it is. {STORE_HELP}"
+        ) from exc
+
+
+def _ensure_experiment(tracking_uri: str, experiment: str) -> str:
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
@@ -63,6 +135,23 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
         )
     except mlflow.exceptions.MlflowException:  # another process created it meanwhile
         return client.get_experiment_by_name(experiment).experiment_id
+
+
+def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
+    """A write that must land (a run's final status and error tag): retried for up to `seconds`
+    while the store is busy (another process holding sqlite's write lock), so a failure we can see
+    never leaves a run RUNNING only because the store was briefly locked."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            busy = any(word in str(exc).lower() for word in ("locked", "busy"))
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class RunLogger(MLFlowLogger):
@@ -83,9 +172,8 @@ def make_logger(
     tags: dict[str, str],
     run_id: str | None = None,
 ) -> RunLogger:
-    """Lightning's MLflow logger on an explicit store: a new run, or with run_id an existing one
-    (resumed: set RUNNING again)."""
-    ensure_store(tracking_uri, experiment)
+    """Lightning's MLflow logger on an explicit store (ensure_store made it ready): a new run, or
+    with run_id an existing one (resumed: set RUNNING again)."""
     if run_id:
         mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
     return RunLogger(

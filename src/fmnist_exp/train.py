@@ -57,6 +57,13 @@ def describe_run(cfg: DictConfig) -> tuple[str, list[str]]:
     return cfg.model._target_.rsplit(".", 1)[-1].lower(), []
 
 
+def run_name(base: str) -> str:
+    """A sweep job's name starts with its job number: jobs that share a run_name, or overrides
+    drawn in the config rather than typed, stay apart in the MLflow UI."""
+    job = sweep.job_tags().get("sweep.job_num")
+    return f"#{job} {base}" if job is not None else base
+
+
 def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> L.Trainer:
     """lightning.Trainer from the `trainer` group; an accelerator that isn't there (or any other
     setting Lightning rejects) fails here, before the MLflow run exists."""
@@ -67,16 +74,27 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
     except Exception as exc:
         if not isinstance(cause := user_error(exc), MisconfigurationException):
             raise
-        gpu_hint = (
-            " Is a GPU visible (nvidia-smi, torch.cuda.is_available())? Without one use trainer=cpu "
-            "or trainer.accelerator=auto."
-            if str(trainer_cfg.accelerator) in ("gpu", "cuda")
-            else ""
-        )
+        gpu_hint = (gpu_hint_for_this_torch() if str(trainer_cfg.accelerator) in ("gpu", "cuda")
+                    else "")  # fmt: skip
         raise ConfigError(
             f"Lightning rejected the trainer settings (trainer.accelerator={trainer_cfg.accelerator}, "
             f"devices={trainer_cfg.devices}): {str(cause).rstrip('.!')}.{gpu_hint}"
         ) from exc
+
+
+def gpu_hint_for_this_torch() -> str:
+    """Why `trainer.accelerator=gpu` cannot work here: a CPU-only torch build (whatever the machine
+    has), or no GPU visible to a CUDA build."""
+    if torch.version.cuda is None:
+        return (
+            f" This torch ({torch.__version__}) is a CPU-only build: it cannot use a GPU even where "
+            f"the machine has one. Install a CUDA build (`make setup TORCH=torch` on Linux, or the "
+            f"command from pytorch.org/get-started), or train on the CPU with trainer=cpu."
+        )
+    return (
+        f" This torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no GPU: check "
+        f"nvidia-smi and CUDA_VISIBLE_DEVICES, or train on the CPU with trainer=cpu."
+    )
 
 
 def check_blocks(cfg: DictConfig) -> None:
@@ -213,8 +231,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             f"mlflow.register_model={cfg.mlflow.register_model} needs the logged model: drop "
             f"mlflow.log_model=false, or register_model."
         )
-    if cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
-        tracking.check_server(cfg.mlflow.tracking_uri)  # seconds, not MLflow's minutes of retries
+    # the store first: a bad URI, a corrupt or read-only file, an unreachable server fail here,
+    # in seconds, before anything is read or recorded (and a brand-new store is made once)
+    tracking.ensure_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     check_blocks(cfg)
     digests = resume.config_hashes(cfg)  # (the tag, the same config's pre-2026-11-25 tag)
     action, previous = resume.choose(cfg, digests)
@@ -288,7 +307,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     logger = tracking.make_logger(
         cfg.mlflow.tracking_uri,
         cfg.mlflow.experiment,
-        run_name=cfg.mlflow.run_name or " ".join([model_name, *overrides]),
+        run_name=run_name(cfg.mlflow.run_name or " ".join([model_name, *overrides])),
         tags={
             "model": model_name,
             "overrides": " ".join(overrides),
@@ -377,8 +396,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
         note = f"; checkpoint {stop.saved}" if stop.saved else ""
-        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}{note}"[:5000])
-        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+        error = f"{type(exc).__name__}: {exc}{note}"[:5000]
+        tracking.patiently(lambda: client.set_tag(run_id, "error", error))
+        tracking.patiently(lambda: client.set_terminated(run_id, "KILLED" if killed else "FAILED"))
         if killed:
             interrupted = (
                 exc
@@ -397,7 +417,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
         raise
     finally:
         stop.__exit__()
-    client.set_terminated(run_id, "FINISHED")
+    if previous is not None and "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")  # an earlier leg's; this one finished
+    tracking.patiently(lambda: client.set_terminated(run_id, "FINISHED"))
 
     print(
         f"run {run_id}  test/acc={results['test/acc']:.4f}"
