@@ -466,3 +466,45 @@ def test_numbers_hash_by_value_and_runs_tagged_before_that_are_still_found(make_
     client.set_terminated(tagged_now.info.run_id, "FINISHED")
     action, previous = resume.choose(default, (digest, older))
     assert (action, previous.run_id) == ("skip", tagged_now.info.run_id)  # newest first
+
+
+def test_a_checkpoint_save_that_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    import errno
+
+    from fmnist_exp import checkpoint_io
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io = checkpoint_io.AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "weights": torch.arange(1000)}, target)
+    before = target.read_bytes()
+
+    def disk_fills_up(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_fills_up)
+    with pytest.raises(OSError) as err:
+        io.save_checkpoint({"epoch": 2}, target)
+    assert err.value.filename == str(target)  # the checkpoint, not a temporary name
+    assert target.read_bytes() == before and list(target.parent.iterdir()) == [target]
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_reads_whole(tmp_path, trained_model):
+    import os
+
+    from fmnist_exp import resume
+    from fmnist_exp.errors import UserError
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    whole = trained_model["checkpoint"].read_bytes()
+    for name, data, age in (("epoch000.ckpt", whole, 30), ("epoch001.ckpt", whole[:9000], 20),
+                            ("last.ckpt", whole[:5000], 10)):  # fmt: skip
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, (time.time() - age,) * 2)
+    assert resume.last_checkpoint(tmp_path) == folder / "epoch000.ckpt"
+    (folder / "epoch000.ckpt").unlink()
+    assert resume.last_checkpoint(tmp_path) == folder / "last.ckpt"  # nothing whole: name it
+    previous = resume.Previous("abc123", "KILLED", tmp_path)
+    with pytest.raises(UserError, match=r"last\.ckpt is damaged .* left as it is"):
+        resume.resumable(previous, "resume=abc123")

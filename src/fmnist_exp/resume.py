@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,27 @@ def config_hash(cfg: DictConfig) -> str:
     return config_hashes(cfg)[0]
 
 
+def readable(path: Path) -> bool:
+    """A whole checkpoint file: torch.save writes a zip archive, and a truncated one (a full disk,
+    a killed copy) fails its central directory or a member's CRC."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
 def last_checkpoint(output_dir: Path) -> Path:
-    """What resume= continues from: ModelCheckpoint's save_last file in the run's folder."""
-    return Path(output_dir) / "checkpoints" / "last.ckpt"
+    """What resume= continues from: ModelCheckpoint's save_last file in the run's folder, or, when
+    that one is missing or damaged, the newest epoch checkpoint beside it that reads whole.
+    (Checkpoints are replaced atomically, see checkpoint_io.py; this covers files damaged otherwise.)
+    Returns last.ckpt's path when nothing there reads, so the caller's message names it."""
+    folder = Path(output_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if readable(last):
+        return last
+    epochs = sorted(folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in epochs if readable(p)), last)
 
 
 @dataclass
@@ -145,6 +164,12 @@ def resumable(previous: Previous, key: str) -> Previous:
         raise UserError(
             f"{key}: run {previous.run_id} already FINISHED; there is nothing to resume. Start a new "
             f"run without {key.split('=')[0]}=, or pass skip_finished=true to skip finished configs."
+        )
+    if previous.last_checkpoint.is_file() and not readable(previous.last_checkpoint):
+        raise UserError(
+            f"{key}: run {previous.run_id}'s {previous.last_checkpoint} is damaged (truncated or "
+            f"corrupt) and no epoch checkpoint beside it reads whole; it was left as it is. Start "
+            f"the run again without resume=."
         )
     if not previous.last_checkpoint.is_file():
         raise UserError(

@@ -28,6 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import distill, plots, resume, sweep, tracking
+from fmnist_exp.checkpoint_io import AtomicCheckpointIO
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError, UserError, user_error
 from fmnist_exp.guards import FiniteLossGuard, RunInterrupted, StopOnSignal
@@ -70,7 +71,9 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> 
     try:
         # a profiler the user names (trainer.profiler=simple) wins over the quiet default
         quiet = {} if trainer_cfg.get("profiler") else {"profiler": QuietProfiler()}
-        return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, **quiet)
+        return instantiate(
+            trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **quiet
+        )
     except Exception as exc:
         if not isinstance(cause := user_error(exc), MisconfigurationException):
             raise
@@ -342,7 +345,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
             history.epochs = resume.epoch_history(cfg.mlflow.tracking_uri, run_id)
             for key, value in sweep.job_tags().items():  # a sweep that finishes a run adopts it
                 client.set_tag(run_id, key, value)
-            print(f"resuming run {run_id} from {previous.last_checkpoint}")
+            damaged = (
+                "" if previous.last_checkpoint.name == "last.ckpt" else " (last.ckpt is damaged)"
+            )
+            print(f"resuming run {run_id} from {previous.last_checkpoint}{damaged}")
 
         with warnings.catch_warnings():
             if previous:  # its folder holds its own checkpoints: expected, not worth a warning
