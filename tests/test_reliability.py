@@ -508,3 +508,36 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_reads_whole(tmp_path, t
     previous = resume.Previous("abc123", "KILLED", tmp_path)
     with pytest.raises(UserError, match=r"last\.ckpt is damaged .* left as it is"):
         resume.resumable(previous, "resume=abc123")
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(make_config):
+    import fcntl
+
+    from fmnist_exp.errors import UserError
+    from fmnist_exp.train import train
+
+    cfg = make_config("mlflow.log_model=false")
+    train(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    client.set_terminated(run.info.run_id, "KILLED")  # as if still going, elsewhere
+    with open(Path(cfg.paths.output_dir) / ".train.lock", "a+") as alive:  # its process's claim
+        fcntl.flock(alive, fcntl.LOCK_EX)
+        for key in (run.info.run_id, "last"):
+            with pytest.raises(UserError, match="is being trained right now by another process"):
+                train(make_config("mlflow.log_model=false", f"resume={key}"))
+
+
+@pytest.mark.slow
+def test_two_skip_finished_commands_at_once_train_the_config_once(tmp_path, real_data_dir):
+    args = ["trainer=fast", f"data.data_dir={real_data_dir}", "skip_finished=true",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "mlflow.log_model=false"]  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "fmnist_exp", *args, f"hydra.run.dir={tmp_path}/run{i}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert sum("skipped: this config already FINISHED" in out for out, _ in outs) == 1
+    assert [r.info.status for r in runs(tmp_path)] == ["FINISHED"]

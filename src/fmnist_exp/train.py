@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import distill, plots, resume, sweep, tracking
+from fmnist_exp import claims, distill, plots, resume, sweep, tracking
 from fmnist_exp.checkpoint_io import AtomicCheckpointIO
 from fmnist_exp.classifier import Classifier
 from fmnist_exp.errors import ConfigError, UserError, user_error
@@ -227,7 +227,13 @@ def continue_config(cfg: DictConfig, previous: resume.Previous) -> DictConfig:
 
 def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, float]:
     """One run. extra_callbacks: more Lightning callbacks that keep no checkpoint state (they join
-    the CallbackBundle; the benchmark times epochs with one)."""
+    the CallbackBundle; the benchmark times epochs with one). The run's claims (claims.py) are
+    held until it returns."""
+    with claims.session():
+        return _train(cfg, extra_callbacks)
+
+
+def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]:
     started = time.perf_counter()
     if cfg.mlflow.register_model and not cfg.mlflow.log_model:
         raise ConfigError(
@@ -239,10 +245,15 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     tracking.ensure_store(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     check_blocks(cfg)
     digests = resume.config_hashes(cfg)  # (the tag, the same config's pre-2026-11-25 tag)
+    claims.config(  # skip_finished waits for a process training this config, then decides
+        claims.claims_folder(cfg.mlflow.tracking_uri, Path(cfg.paths.root)), digests[0],
+        exclusive=cfg.get("skip_finished") is True,
+    )  # fmt: skip
     action, previous = resume.choose(cfg, digests)
     if action == "skip":
         return skip_finished_run(cfg, previous)
     if action == "resume":  # the run's own config and folder; checkpoints continue there
+        claims.folder(previous.output_dir, previous.run_id)  # never two writers in one run
         cfg = continue_config(cfg, previous)
     L.seed_everything(check_seed(cfg.seed), workers=True)
     check_training(cfg)
@@ -250,6 +261,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
     check_writable(
         output_dir, "paths.output_dir (hydra.run.dir)"
     )  # also checked by Hydra's callback, before Hydra makes it
+    if action != "resume":
+        claims.folder(output_dir)
 
     distill_cfg = check_distill(cfg.get("distill"))  # teachers checked before the data loads
     ema = ema_callback(cfg.get("ema"))
