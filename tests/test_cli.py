@@ -63,6 +63,14 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
             "ema=0.999 sets a whole block of settings to one value; set its keys instead, e.g. ema.decay=",
         ),
         ("label_smoothing=2", "label_smoothing=2 must be a number in [0, 1)"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number of passes"),
+        (
+            "mlflow.register_model=team/fmnist",
+            "mlflow.register_model='team/fmnist' is not a registry name",
+        ),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 must be a whole number of passes"),
+        ("model.channels=16.0", "model.channels=16.0 must be a positive int"),
+        ("model.kernel_size=true", "model.kernel_size=True must be a positive int"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no limit) leaves the learning-rate"),
         (
             "trainer.max_epochs=-5",

@@ -243,6 +243,8 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
     [
         ({"split": "70_30"}, "data.split"),
         ({"batch_size": 0}, "data.batch_size"),
+        ({"batch_size": True}, "data.batch_size"),
+        ({"eval_batch_size": 12.5}, "data.eval_batch_size"),
         ({"val_size": 0}, "data.val_size"),
         ({"val_size": True}, "data.val_size"),
         ({"augment": {"rotate": 10}}, "data.augment.rotate"),

@@ -108,6 +108,7 @@ def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, rea
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs(tmp_path)
     assert run.info.status == "FINISHED" and len(history(tmp_path, run.info.run_id, "val/acc")) == 3
+    assert "error" not in run.data.tags  # the first leg's; the run finished
 
 
 @pytest.mark.slow

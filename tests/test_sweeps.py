@@ -215,6 +215,12 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
     ]
 
 
+def test_an_empty_sweep_range_is_refused_before_anything_is_made(run_main, tmp_path, real_data_dir):
+    done = run_main("--multirun", "seed=range(1,1)", *TINY, *store_args(tmp_path, real_data_dir))
+    assert done.returncode == 2 and "seed=range(1,1): an empty range" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # no store, no parent run
+
+
 def test_a_failed_job_does_not_sink_the_sweep(run_main, tmp_path, real_data_dir):
     done = run_main(
         "--multirun", "model.kernel_size=3,29,5", *TINY, *store_args(tmp_path, real_data_dir)
@@ -241,6 +247,7 @@ def test_ddp_on_cpu_writes_one_run_once(tmp_path, real_data_dir):
     )  # once per epoch, not per process
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        ".claims",  # the store's run claims (claims.py)
         "artifacts",
         "run",
     ]  # one run dir

@@ -3,7 +3,7 @@
 - Every run holds its output folder (`<output_dir>/.train.lock`, exclusive). `resume=<run_id>` or
   `resume=last` takes the run's folder without waiting: while the original process still trains
   there, it is refused in one paragraph instead of training twice into one run and folder.
-- Every run holds its config hash shared (`<store folder>/claims/<hash>.lock`); `skip_finished=true`
+- Every run holds its config hash shared (`<store folder>/.claims/<hash>.lock`); `skip_finished=true`
   takes it exclusively and waits for it, then decides: two sweeps with skip_finished at once train
   each job once, and the second finds it FINISHED and reuses it.
 
@@ -27,7 +27,7 @@ def claims_folder(tracking_uri: str, root: Path) -> Path:
     from fmnist_exp.tracking import sqlite_path
 
     db = sqlite_path(tracking_uri)
-    return (db.parent if db is not None else Path(root) / "outputs") / "claims"
+    return (db.parent if db is not None else Path(root) / "outputs") / ".claims"
 
 
 def _other_ddp_process() -> bool:

@@ -121,7 +121,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ("data.batch_size", batch_size),
             ("data.eval_batch_size", eval_batch_size),
         ):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}={value!r} must be a positive number of images per batch.")
         if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
             raise ConfigError(

@@ -22,8 +22,17 @@ def _activation(name: str) -> type[nn.Module]:
 
 def _pair(value: int | Sequence[int], key: str, double: bool) -> list[int]:
     """An int -> [v, 2v] (channels) or [v, v] (kernels); a list of two is taken as is."""
-    values = [value, value * 2 if double else value] if isinstance(value, int) else list(value)
-    if len(values) != 2 or not all(isinstance(v, int) and v > 0 for v in values):
+
+    def whole(v) -> bool:  # True/False and 16.0 are not channel counts
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if isinstance(value, (int, float, bool)):
+        values = [value, value * 2 if double else value] if whole(value) else [value]
+    else:
+        values = (
+            list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        )
+    if len(values) != 2 or not all(whole(v) for v in values):
         raise ConfigError(
             f"{key}={value!r} must be a positive int or a list of two positive ints (one per conv)."
         )

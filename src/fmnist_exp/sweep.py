@@ -18,12 +18,14 @@ from pathlib import Path
 
 import mlflow
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp import tracking
-from fmnist_exp.errors import UserError, one_paragraph
+from fmnist_exp.errors import ConfigError, UserError, one_paragraph
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
@@ -155,12 +157,26 @@ class StopTheSweep:
         )
 
 
+def check_sweep_ranges(overrides: list[str]) -> None:
+    """A sweep over an empty range (`seed=range(1,1)`) launches no job and would record an empty
+    sweep as FINISHED: refuse it before anything is made."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.value_type == ValueType.RANGE_SWEEP and not list(
+            override.sweep_string_iterator()
+        ):
+            raise ConfigError(
+                f"{override.input_line}: an empty range, so the sweep would run no job. range(a, b) "
+                f"stops before b: e.g. {override.key_or_group}=range(1,4) gives 1, 2, 3."
+            )
+
+
 class MLflowSweep(Callback):
     """Hydra callback (conf/train.yaml: hydra.callbacks.mlflow_sweep)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
         try:
+            check_sweep_ranges(list(config.hydra.overrides.task))
             experiment_id = tracking.ensure_store(uri, config.mlflow.experiment)
         except UserError as exc:  # before any job: one paragraph, exit 2
             print(f"error: {one_paragraph(exc)}", file=sys.stderr)

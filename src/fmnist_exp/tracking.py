@@ -245,6 +245,17 @@ def log_model(
         )
 
 
+def check_model_name(name) -> None:
+    """A registry name MLflow takes: not blank, no '/' or ':' (MLflow refuses those, but only when
+    the model is registered, after training)."""
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/:"):
+        raise ConfigError(
+            f"mlflow.register_model={name!r} is not a registry name MLflow accepts (it must not be "
+            f"blank or contain '/' or ':'). Use letters, digits, '-', '_' or '.', e.g. "
+            f"mlflow.register_model=fmnist."
+        )
+
+
 def register_model(tracking_uri: str, model_uri: str, name: str) -> str:
     """Add model_uri (runs:/<id>/model) to the registry under `name`; returns models:/<name>/<version>."""
     mlflow.set_tracking_uri(tracking_uri)

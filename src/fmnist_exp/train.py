@@ -134,6 +134,15 @@ def check_training(cfg: DictConfig) -> None:
             f"label_smoothing={smoothing!r} must be a number in [0, 1): the share of each target "
             f"spread over the other classes (0 = off; the recipes use 0.1)."
         )
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, int) or epochs == 0
+    ):
+        raise ConfigError(
+            f"trainer.max_epochs={epochs!r} must be a whole number of passes over the training "
+            f"split, 1 or more (or -1: no limit, with trainer.max_steps); 0 would test an untrained "
+            f"network."
+        )
     no_limit = cfg.trainer.get("max_epochs") == -1 and (cfg.trainer.get("max_steps") or -1) < 1
     if no_limit and cfg.get("scheduler"):
         raise ConfigError(
@@ -235,6 +244,8 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> dict[str, fl
 
 def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]:
     started = time.perf_counter()
+    if (name := cfg.mlflow.register_model) is not None:
+        tracking.check_model_name(name)  # MLflow would refuse it only after training
     if cfg.mlflow.register_model and not cfg.mlflow.log_model:
         raise ConfigError(
             f"mlflow.register_model={cfg.mlflow.register_model} needs the logged model: drop "
@@ -429,7 +440,9 @@ def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]
                 raise interrupted from exc
         if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             raise UserError(
-                f"{exc.strerror} while writing {exc.filename or output_dir}: run {run_id} is FAILED; "
+                f"{exc.strerror} while writing "
+                f"{exc.filename or f'the run (outputs in {output_dir}, artifacts in the store {cfg.mlflow.tracking_uri})'}: "
+                f"run {run_id} is FAILED; "
                 f"its checkpoints so far are in {output_dir / 'checkpoints'}. Free space (or fix the "
                 f"permissions), then continue it with resume={run_id}."
             ) from exc
