@@ -154,11 +154,19 @@ def test_partial_runs_are_never_best(make_config, capsys):
     assert "(partial: 1000 of 10000 test images)" in capsys.readouterr().out
     with pytest.raises(UserError, match="no finished run that tested on its whole test split"):
         inference.best_run_uri(smoke.mlflow.tracking_uri, "fashion-mnist")
+    debug = make_config("++trainer.fast_dev_run=true", "mlflow.log_model=false")
+    train(debug)  # one batch of each split: partial, and its test metrics still reach MLflow
+    client = mlflow.MlflowClient(debug.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    fast_dev = next(r for r in runs if r.data.params.get("trainer.fast_dev_run") == "True")
+    assert (
+        fast_dev.data.tags["partial"] == "true" and fast_dev.data.metrics["test/n_images"] == 1000
+    )
     real = make_config("trainer.limit_test_batches=null", "trainer.limit_train_batches=4")
     train(real)
     client = mlflow.MlflowClient(real.mlflow.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
-    (full,) = [r for r in runs if r.data.tags["partial"] == "false"]
+    (full,) = [r for r in runs if r.data.tags["partial"] == "false"]  # of three runs
     assert full.data.metrics["test/n_images"] == 10000
     assert inference.best_run_uri(real.mlflow.tracking_uri, "fashion-mnist") == (
         f"runs:/{full.info.run_id}/model"

@@ -393,6 +393,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]
         results = {
             "test/acc": tested[0]["test/acc"],
             "test/loss": tested[0]["test/loss"],
+            "test/n_images": n_tested,
             "val/acc_best": float(checkpoint.best_model_score or float("nan")),
             "time/fit_s": clock.seconds(),  # every leg, when resumed
             "epochs": trainer.current_epoch,
@@ -422,7 +423,9 @@ def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]
         results["time/total_s"] = clock.earlier_legs + time.perf_counter() - started
         if previous is not None:
             results["time/fit_earlier_legs_s"] = clock.earlier_legs
-        logger.log_metrics({k: v for k, v in results.items() if not k.startswith("test/")})
+        # Lightning's logger recorded the test metrics, except under fast_dev_run (it mutes loggers)
+        muted = bool(trainer.fast_dev_run)
+        logger.log_metrics({k: v for k, v in results.items() if muted or not k.startswith("test/")})
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
         note = f"; checkpoint {stop.saved}" if stop.saved else ""
