@@ -469,6 +469,26 @@ def test_numbers_hash_by_value_and_runs_tagged_before_that_are_still_found(make_
     assert (action, previous.run_id) == ("skip", tagged_now.info.run_id)  # newest first
 
 
+def test_a_store_that_stays_locked_fails_the_run_in_one_paragraph(make_config, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from fmnist_exp import tracking
+    from fmnist_exp.errors import UserError
+    from fmnist_exp.train import train
+
+    cfg = make_config("mlflow.log_model=false")
+
+    def locked(self, metrics, step=None):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(tracking.RunLogger, "log_metrics", locked)
+    with pytest.raises(UserError, match=r"stayed busy .* is FAILED; .* resume="):
+        train(cfg)
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    assert run.info.status == "FAILED" and "database is locked" in run.data.tags["error"]
+
+
 def test_a_checkpoint_save_that_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     import errno
 

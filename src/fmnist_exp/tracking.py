@@ -137,6 +137,18 @@ def _ensure_experiment(tracking_uri: str, experiment: str) -> str:
         return client.get_experiment_by_name(experiment).experiment_id
 
 
+def is_busy(exc: BaseException) -> bool:
+    """A store that refused a write because another process holds it (sqlite's "database is
+    locked"), looking through the chain of causes."""
+    while exc is not None:
+        if isinstance(exc, (mlflow.exceptions.MlflowException, OSError)) and any(
+            word in str(exc).lower() for word in ("database is locked", "database is busy")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
     """A write that must land (a run's final status and error tag): retried for up to `seconds`
     while the store is busy (another process holding sqlite's write lock), so a failure we can see
@@ -147,8 +159,7 @@ def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
         try:
             return write()
         except (mlflow.exceptions.MlflowException, OSError) as exc:
-            busy = any(word in str(exc).lower() for word in ("locked", "busy"))
-            if not busy or time.monotonic() > deadline:
+            if not is_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -449,6 +449,13 @@ def _train(cfg: DictConfig, extra_callbacks: list[Callback]) -> dict[str, float]
                 f"its checkpoints so far are in {output_dir / 'checkpoints'}. Free space (or fix the "
                 f"permissions), then continue it with resume={run_id}."
             ) from exc
+        if tracking.is_busy(exc):
+            raise UserError(
+                f"The tracking store {cfg.mlflow.tracking_uri} stayed busy (another process held "
+                f"its write lock) and refused a write: run {run_id} is FAILED; its checkpoints so "
+                f"far are in {output_dir / 'checkpoints'}. Continue it with resume={run_id} once "
+                f"the other process is done (many parallel writers: use make tracking-server)."
+            ) from exc
         raise
     finally:
         stop.__exit__()
