@@ -168,6 +168,11 @@ def test_a_file_or_a_link_loop_as_data_dir_is_one_paragraph(tmp_path):
         FashionMNISTDataModule(data_dir=str(tmp_path / "a")).setup()
 
 
+def test_class_folders_without_train_and_test_say_where_they_go(official_folder):
+    with pytest.raises(DataError, match=r"holds folders such as .* but no train/ and test/"):
+        dataset.load([official_folder / "train"])
+
+
 def test_empty_and_header_only_csvs_name_the_file(tmp_path, real_data):
     write_csv(
         tmp_path / dataset.CSV_FILES["train"],

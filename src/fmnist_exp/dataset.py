@@ -130,6 +130,16 @@ def describe_dir(directory: Path) -> str:
     """Why a folder holds no dataset, for error messages."""
     if not directory.is_dir():
         return f"{directory} (no such directory)"
+    classes = [
+        p.name
+        for p in sorted(directory.iterdir())
+        if p.is_dir() and p.name not in ("train", "test")
+    ]
+    if classes and not (directory / "train").is_dir():
+        return (
+            f"{directory} (it holds folders such as {', '.join(classes[:3])} but no train/ and test/: "
+            f"a picture dataset keeps its class folders in train/<class>/ and test/<class>/)"
+        )
     return (
         f"{directory} (no complete set of IDX files, neither here nor in FashionMNIST/raw/; no CSV "
         f"pair; no train/ and test/ picture folders)"
