@@ -9,7 +9,7 @@ every side. Also time to accuracy for a recipe.
     python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
     python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
-    python scripts/benchmark.py --time-to-accuracy experiment=seed_lenet_bn_c32_k33
+    python scripts/benchmark.py --time-to-accuracy experiment=blog_lenet_bn_c32_k33
     ... --record                                      # add the result rows to docs/benchmarks.md
 
 Per-epoch time is training plus the validation pass, from the start of the epoch to its end (a
@@ -44,11 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from record import record  # noqa: E402  (scripts/record.py)
 
-from fmnist_exp.classifier import build  # noqa: E402
+from fmnist_exp import checks  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.models import Normalize  # noqa: E402
 from fmnist_exp.paths import config_dir, register_resolvers  # noqa: E402
 from fmnist_exp.train import train  # noqa: E402
+from fmnist_exp.training.module import build  # noqa: E402
 
 MARKER = "<!-- benchmark.py --record adds rows above this line -->"
 THRESHOLDS = (0.90, 0.92, 0.94)
@@ -65,8 +66,9 @@ def config(overrides: list[str], workdir: Path):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):  # a private store and output folder: benchmarks never touch mlruns/
         cfg.paths.output_dir = str(workdir / "run")
-        cfg.mlflow.tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-        cfg.mlflow.log_model = False
+        cfg.logger.tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        cfg.logger.log_model = False
+    checks.check(cfg)  # the rules train() applies, before any side trains
     return cfg
 
 
@@ -269,7 +271,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
     parser.add_argument("--time-to-accuracy", metavar="OVERRIDE", nargs="+",
-                        help="instead: train these overrides (e.g. experiment=seed_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
+                        help="instead: train these overrides (e.g. experiment=blog_lenet_bn) and report seconds of training to 90/92/94%% test accuracy")  # fmt: skip
     parser.add_argument("--calls", action="store_true",
                         help="instead: Python function calls per training step (cProfile over epochs 2..N), plain vs framework")  # fmt: skip
     parser.add_argument(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fmnist_exp import dataset
+from fmnist_exp.data import dataset
 
 
 def write_pngs(data: dataset.Splits, root: Path) -> None:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from record import record  # noqa: E402  (scripts/record.py)
 
 from fmnist_exp import inference  # noqa: E402
-from fmnist_exp.dataset import DEBIAN_DIR, read_idx  # noqa: E402
+from fmnist_exp.data.dataset import DEBIAN_DIR, read_idx  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from fmnist_exp import dataset
+from fmnist_exp.data import dataset
 from fmnist_exp.paths import config_dir, register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def compose_config(overrides: list[str], tmp_path: Path, data_dir: Path) -> Dict
             overrides=[
                 "trainer=fast",
                 f"data.data_dir={data_dir}",
-                f"mlflow.tracking_uri={ready_store(tmp_path / 'mlruns')}",
+                f"logger.tracking_uri={ready_store(tmp_path / 'mlruns')}",
                 *overrides,
             ],
             return_hydra_config=True,
@@ -202,13 +202,13 @@ def trained_model(tmp_path_factory, real_data_dir):
     tmp = tmp_path_factory.mktemp("model")
     cfg = compose_config(
         ["trainer.limit_train_batches=150", "trainer.limit_test_batches=null",
-         "mlflow.register_model=fmnist"], tmp, real_data_dir,
+         "logger.register_model=fmnist"], tmp, real_data_dir,
     )  # fmt: skip
     results = train(cfg)
-    run = mlflow_runs(cfg.mlflow.tracking_uri)[0]
+    run = mlflow_runs(cfg.logger.tracking_uri)[0]
     checkpoint = next((tmp / "run" / "checkpoints").glob("epoch*.ckpt"))
     return {
-        "tracking_uri": cfg.mlflow.tracking_uri,
+        "tracking_uri": cfg.logger.tracking_uri,
         "run_id": run.info.run_id,
         "checkpoint": checkpoint,
         "test_acc": results["test/acc"],

@@ -14,7 +14,7 @@ from conftest import REPO, run_cli
 
 
 def fast(tmp_path: Path, data_dir: Path) -> list[str]:
-    return ["trainer=fast", f"data.data_dir={data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+    return ["trainer=fast", f"data.data_dir={data_dir}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
 
 
@@ -36,9 +36,9 @@ def test_train_command_prints_the_summary(tmp_path, real_data_dir):
 
 
 def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
-    args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("mlflow.tracking_uri")]
+    args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("logger.tracking_uri")]
     env_store = f"sqlite:///{tmp_path}/from_env.db"
-    done = run_main(*args, "mlflow.log_model=false", env={"MLFLOW_TRACKING_URI": env_store})
+    done = run_main(*args, "logger.log_model=false", env={"MLFLOW_TRACKING_URI": env_store})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(runs_in(env_store)) == 1
 
@@ -57,16 +57,16 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
         ("data.batch_size=abc", "data.batch_size='abc' must be a positive number"),
         ("seed=abc", "seed='abc' must be an int from 0 to 4294967295"),
         ("optimizer.lr=-1", "refused the optimizer settings (optimizer.lr=-1"),
-        ("ema.decay=1.5", "ema.decay=1.5 must be a number between 0 and 1"),
+        ("callbacks.ema.decay=1.5", "callbacks.ema.decay=1.5 must be a number between 0 and 1"),
         (
-            "ema=0.999",
-            "ema=0.999 sets a whole block of settings to one value; set its keys instead, e.g. ema.decay=",
+            "callbacks.ema=0.999",
+            "callbacks.ema=0.999 sets a whole block of settings to one value; set its keys instead (callbacks.ema.decay;",
         ),
-        ("label_smoothing=2", "label_smoothing=2 must be a number in [0, 1)"),
+        ("module.label_smoothing=2", "module.label_smoothing=2 must be a number in [0, 1)"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number of passes"),
         (
-            "mlflow.register_model=team/fmnist",
-            "mlflow.register_model='team/fmnist' is not a registry name",
+            "logger.register_model=team/fmnist",
+            "logger.register_model='team/fmnist' is not a registry name",
         ),
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 must be a whole number of passes"),
         ("model.channels=16.0", "model.channels=16.0 must be a positive int"),
@@ -117,7 +117,7 @@ def test_unknown_config_option_lists_the_choices(run_main):
 
 def test_any_trainer_argument_can_be_set(run_main, tmp_path, real_data_dir):
     done = run_main(
-        *fast(tmp_path, real_data_dir), "++trainer.max_steps=2", "mlflow.log_model=false"
+        *fast(tmp_path, real_data_dir), "++trainer.max_steps=2", "logger.log_model=false"
     )
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = runs_in(f"sqlite:///{tmp_path}/mlflow.db")
@@ -151,12 +151,12 @@ def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
 @pytest.mark.parametrize(
     "uri,expected",
     [
-        ("foo://somewhere", "mlflow.tracking_uri='foo://somewhere' is not a tracking store"),
+        ("foo://somewhere", "logger.tracking_uri='foo://somewhere' is not a tracking store"),
         ("{tmp}/plain", "is not a tracking store this project can use"),
         ("sqlite:///relative/mlflow.db", "is a relative path"),
         (
             "sqlite:///{tmp}/corrupt.db",
-            "corrupt.db (mlflow.tracking_uri) is not an SQLite database",
+            "corrupt.db (logger.tracking_uri) is not an SQLite database",
         ),
     ],
     ids=["unknown-scheme", "plain-path", "relative-sqlite", "corrupt-db"],
@@ -164,29 +164,29 @@ def test_built_wheel_finds_its_config_from_any_directory(tmp_path):
 def test_a_bad_tracking_store_is_one_paragraph_before_the_data_loads(
     run_main, tmp_path, real_data_dir, monkeypatch, uri, expected
 ):
-    from fmnist_exp.datamodule import FashionMNISTDataModule
+    from fmnist_exp.data.datamodule import FashionMNISTDataModule
 
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"not a database at all" * 100)
     monkeypatch.setattr(FashionMNISTDataModule, "setup", lambda *a: pytest.fail("data loaded"))
     done = run_main(
-        *fast(tmp_path, real_data_dir), f"mlflow.tracking_uri={uri.format(tmp=tmp_path)}"
+        *fast(tmp_path, real_data_dir), f"logger.tracking_uri={uri.format(tmp=tmp_path)}"
     )
     assert_one_paragraph_error(done, expected)
     assert corrupt.read_bytes() == b"not a database at all" * 100  # left as it was
 
 
 def test_an_empty_experiment_name_is_one_paragraph(run_main, tmp_path, real_data_dir):
-    done = run_main(*fast(tmp_path, real_data_dir), "mlflow.experiment=''")
-    assert_one_paragraph_error(done, "mlflow.experiment='' must be a name")
+    done = run_main(*fast(tmp_path, real_data_dir), "logger.experiment=''")
+    assert_one_paragraph_error(done, "logger.experiment='' must be a name")
 
 
 def test_final_status_writes_wait_for_a_busy_store_and_nothing_else(monkeypatch):
     from mlflow.exceptions import MlflowException
 
-    from fmnist_exp import tracking
+    from fmnist_exp.tracking import store
 
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(store.time, "sleep", lambda s: None)
     calls = []
 
     def busy_twice():
@@ -195,7 +195,7 @@ def test_final_status_writes_wait_for_a_busy_store_and_nothing_else(monkeypatch)
             raise MlflowException("(sqlite3.OperationalError) database is locked")
         return "written"
 
-    assert tracking.patiently(busy_twice) == "written" and len(calls) == 3
+    assert store.patiently(busy_twice) == "written" and len(calls) == 3
     calls.clear()
 
     def gone():
@@ -203,14 +203,14 @@ def test_final_status_writes_wait_for_a_busy_store_and_nothing_else(monkeypatch)
         raise MlflowException("Run 'abc' not found")
 
     with pytest.raises(MlflowException, match="not found"):
-        tracking.patiently(gone)
+        store.patiently(gone)
     assert len(calls) == 1  # not a busy store: no waiting
 
 
 @pytest.mark.slow
 def test_two_runs_starting_at_once_on_a_brand_new_store_both_finish(tmp_path, real_data_dir):
-    store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/new/mlflow.db"
-    args = ["trainer=fast", f"data.data_dir={real_data_dir}", store, "mlflow.log_model=false"]
+    store = f"logger.tracking_uri=sqlite:///{tmp_path}/new/mlflow.db"
+    args = ["trainer=fast", f"data.data_dir={real_data_dir}", store, "logger.log_model=false"]
     processes = [
         subprocess.Popen([sys.executable, "-m", "fmnist_exp", *args, f"hydra.run.dir={tmp_path}/run{i}"],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

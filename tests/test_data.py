@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from fmnist_exp import dataset
-from fmnist_exp.augment import augment_batch, random_crop, random_erase, random_hflip
-from fmnist_exp.datamodule import FashionMNISTDataModule, TensorBatches
+from fmnist_exp import checks
+from fmnist_exp.data import dataset
+from fmnist_exp.data.augment import augment_batch, random_crop, random_erase, random_hflip
+from fmnist_exp.data.datamodule import FashionMNISTDataModule, TensorBatches
 from fmnist_exp.errors import ConfigError, DataError
 
 
@@ -253,9 +255,11 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
         ({"augment": {"hflip": "maybe"}}, "data.augment.hflip"),
     ],
 )
-def test_bad_data_config_names_the_key(kwargs, key):
+def test_bad_data_config_names_the_key(make_config, kwargs, key):
+    data = OmegaConf.to_container(make_config().data, resolve=True)
+    checks.check_data(data)  # the defaults pass
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        FashionMNISTDataModule(**kwargs)
+        checks.check_data(data | kwargs)
 
 
 def test_readers_never_modify_the_files(idx_copy):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_exp import dataset
-from fmnist_exp.datamodule import FashionMNISTDataModule
+from fmnist_exp.data import dataset
+from fmnist_exp.data.datamodule import FashionMNISTDataModule
 from fmnist_exp.errors import DataError
 
 NAMES = [f"{n}.gz" for pair in dataset.IDX_FILES.values() for n in pair]

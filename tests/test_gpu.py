@@ -10,14 +10,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.slow
 def test_trainer_gpu_trains_on_the_gpu(tmp_path, real_data_dir):
     done = run_cli("model=lenet_bn", "trainer=gpu", "trainer.max_epochs=1", "++trainer.limit_train_batches=20",
-                   f"data.data_dir={real_data_dir}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                   f"data.data_dir={real_data_dir}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                    f"hydra.run.dir={tmp_path}/run")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GPU available: True (cuda), used: True" in done.stdout + done.stderr
 
 
 def test_device_batches_equal_cpu_batches_for_the_same_seed():
-    from fmnist_exp.datamodule import TensorBatches
+    from fmnist_exp.data.datamodule import TensorBatches
 
     images = torch.randint(0, 256, (600, 1, 28, 28), dtype=torch.uint8)
     labels = torch.arange(600)
@@ -32,5 +32,5 @@ def test_device_batches_equal_cpu_batches_for_the_same_seed():
 def test_bf16_mixed_trains_on_the_gpu(tmp_path, real_data_dir):
     done = run_cli("model=lenet_bn", "trainer=gpu", "trainer.precision=bf16-mixed", "trainer.max_epochs=1",
                    "++trainer.limit_train_batches=20", f"data.data_dir={real_data_dir}",
-                   f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/run")  # fmt: skip
+                   f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.run.dir={tmp_path}/run")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

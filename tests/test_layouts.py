@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from test_data import write_csv
 
-from fmnist_exp import dataset, inference, pictures
-from fmnist_exp.datamodule import FashionMNISTDataModule
+from fmnist_exp import inference
+from fmnist_exp.data import dataset, pictures
+from fmnist_exp.data.datamodule import FashionMNISTDataModule
+from fmnist_exp.data.inputs import read_inputs
 from fmnist_exp.errors import ConfigError, DataError
-from fmnist_exp.inputs import read_inputs
 from fmnist_exp.train import train
 
 FOLDER_NAMES = (
@@ -116,18 +117,18 @@ def test_other_class_names_train_a_network_of_their_size_and_travel_with_the_mod
                       "trainer.limit_test_batches=null")  # fmt: skip
     results = train(cfg)
     assert results["test/acc"] > 0.7  # three well-separated garments
-    run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).search_runs(
+    run = mlflow.MlflowClient(cfg.logger.tracking_uri).search_runs(
         [
-            mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+            mlflow.MlflowClient(cfg.logger.tracking_uri)
             .get_experiment_by_name("fashion-mnist")
             .experiment_id
         ]
     )[0]
     assert json.loads(run.data.params["data/classes"]) == ["cat", "dog", "owl"]
     assert run.data.params["data/format"] == "folder" and run.data.tags["partial"] == "false"
-    logged = inference.load(f"runs:/{run.info.run_id}/model", cfg.mlflow.tracking_uri)
+    logged = inference.load(f"runs:/{run.info.run_id}/model", cfg.logger.tracking_uri)
     checkpoint = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch*.ckpt"))
-    from_ckpt = inference.load(str(checkpoint), cfg.mlflow.tracking_uri)
+    from_ckpt = inference.load(str(checkpoint), cfg.logger.tracking_uri)
     assert logged.class_names == from_ckpt.class_names == ("cat", "dog", "owl")
     some = torch.from_numpy(read_inputs([root / "test"], logged.class_names).images[:16])
     assert logged.probabilities(some).shape == (16, 3)

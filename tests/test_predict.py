@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from fmnist_exp import inference, predict, register
-from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.data.dataset import CLASS_NAMES
+from fmnist_exp.data.inputs import read_inputs
+from fmnist_exp.data.pictures import to_model_input
 from fmnist_exp.errors import DataError, UserError
-from fmnist_exp.inputs import read_inputs
-from fmnist_exp.pictures import to_model_input
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_every_model_uri_kind_gives_the_same_probabilities(trained_model, real_d
     uris = [
         "best",
         f"runs:/{trained_model['run_id']}/model",
-        "models:/fmnist/1",  # registered at training time: mlflow.register_model=fmnist
+        "models:/fmnist/1",  # registered at training time: logger.register_model=fmnist
         str(trained_model["checkpoint"]),
     ]
     probs = [inference.load(u, tracking_uri).probabilities(images) for u in uris]

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from fmnist_exp import inference, serve
-from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.data.dataset import CLASS_NAMES
 from fmnist_exp.serve import create_app
 
 # `mlflow models serve` execs `uvicorn` by name: the venv's bin/ must be on PATH even when the venv

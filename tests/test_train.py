@@ -10,15 +10,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fmnist_exp.classifier import Classifier
+from fmnist_exp import checks
 from fmnist_exp.errors import ConfigError, UserError
-from fmnist_exp.guards import RunInterrupted
-from fmnist_exp.train import check_seed, ema_callback, train
+from fmnist_exp.train import train
+from fmnist_exp.training.callbacks import RunInterrupted, moving_average
+from fmnist_exp.training.module import Classifier
 
 
 def the_only_run(cfg):
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return client, runs[0]
@@ -71,16 +72,16 @@ def test_run_logs_config_plots_checkpoint_and_model(trained):
     assert {"config.yaml", "training_curves.png", "confusion_matrix.png", "checkpoints"} <= names
     (ckpt,) = client.list_artifacts(run.info.run_id, "checkpoints")
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=ckpt.path,
-                                                tracking_uri=cfg.mlflow.tracking_uri)  # fmt: skip
+                                                tracking_uri=cfg.logger.tracking_uri)  # fmt: skip
     restored = Classifier.load_from_checkpoint(local, map_location="cpu").eval()
     config_file = mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path="config.yaml", tracking_uri=cfg.mlflow.tracking_uri
+        run_id=run.info.run_id, artifact_path="config.yaml", tracking_uri=cfg.logger.tracking_uri
     )
     logged = OmegaConf.load(config_file)  # the resolved config: no interpolations left
     assert logged.model == cfg.model and logged.data.data_dir == cfg.data.data_dir
     assert logged.paths.output_dir == cfg.paths.output_dir
 
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     pixels = np.random.default_rng(0).integers(0, 256, (5, 1, 28, 28)).astype(np.float32)
     probabilities = np.asarray(served.predict(pixels))
@@ -113,19 +114,19 @@ def test_outputs_stay_in_the_run_folder(trained):
         [
             "model=lenet_relu",
             "data=fashion_mnist_80_10_10",
-            "label_smoothing=0.1",
-            "mlflow.log_model=false",
+            "module.label_smoothing=0.1",
+            "logger.log_model=false",
         ],
         [
             "model=lenet_bn",
             "model.dropout=0.3",
             "data.augment.erase_prob=0.5",
-            "tta_hflip=true",
-            "model.channels_last=true",
+            "module.tta_hflip=true",
+            "module.channels_last=true",
             "trainer.precision=bf16-mixed",
         ],
-        pytest.param(["model=lenet_bn", "model.compile=true"], marks=pytest.mark.slow),
-        pytest.param(["experiment=best", "trainer.max_epochs=1", "mlflow.log_model=false",
+        pytest.param(["model=lenet_bn", "module.compile=true"], marks=pytest.mark.slow),
+        pytest.param(["experiment=best", "trainer.max_epochs=1", "logger.log_model=false",
                       "data.batch_size=32", "data.eval_batch_size=100"],  # a 926k-param net on a CPU
                      marks=pytest.mark.slow),  # fmt: skip
     ],
@@ -153,10 +154,10 @@ def test_partial_runs_are_never_best(make_config, capsys):
     train(smoke)
     assert "(partial: 1000 of 10000 test images)" in capsys.readouterr().out
     with pytest.raises(UserError, match="no finished run that tested on its whole test split"):
-        inference.best_run_uri(smoke.mlflow.tracking_uri, "fashion-mnist")
-    debug = make_config("++trainer.fast_dev_run=true", "mlflow.log_model=false")
+        inference.best_run_uri(smoke.logger.tracking_uri, "fashion-mnist")
+    debug = make_config("++trainer.fast_dev_run=true", "logger.log_model=false")
     train(debug)  # one batch of each split: partial, and its test metrics still reach MLflow
-    client = mlflow.MlflowClient(debug.mlflow.tracking_uri)
+    client = mlflow.MlflowClient(debug.logger.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
     fast_dev = next(r for r in runs if r.data.params.get("trainer.fast_dev_run") == "True")
     assert (
@@ -164,11 +165,11 @@ def test_partial_runs_are_never_best(make_config, capsys):
     )
     real = make_config("trainer.limit_test_batches=null", "trainer.limit_train_batches=4")
     train(real)
-    client = mlflow.MlflowClient(real.mlflow.tracking_uri)
+    client = mlflow.MlflowClient(real.logger.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
     (full,) = [r for r in runs if r.data.tags["partial"] == "false"]  # of three runs
     assert full.data.metrics["test/n_images"] == 10000
-    assert inference.best_run_uri(real.mlflow.tracking_uri, "fashion-mnist") == (
+    assert inference.best_run_uri(real.logger.tracking_uri, "fashion-mnist") == (
         f"runs:/{full.info.run_id}/model"
     )
 
@@ -177,17 +178,18 @@ def test_bad_model_fails_before_any_run_is_made(make_config):
     cfg = make_config("model.kernel_size=[5,20]")
     with pytest.raises(ConfigError, match=r"model\.kernel_size"):
         train(cfg)
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
     assert client.search_experiments() == [] or not client.search_runs(
         [e.experiment_id for e in client.search_experiments()]
     )
 
 
-@pytest.mark.parametrize("seed", ["abc", -1, 2**32, True, 1.5])
-def test_a_seed_numpy_cannot_take_names_the_key(seed):
-    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1
+@pytest.mark.parametrize("seed", ["abc", -1, 2**32, "true", 1.5])
+def test_a_seed_numpy_cannot_take_names_the_key(make_config, seed):
+    for fine in (0, 2**32 - 1):
+        checks.check_run(make_config(f"seed={fine}"))
     with pytest.raises(ConfigError, match=r"seed=.* must be an int from 0 to 4294967295"):
-        check_seed(seed)
+        checks.check_run(make_config(f"seed={seed}"))
 
 
 def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):
@@ -204,7 +206,7 @@ def test_failure_during_training_marks_the_run_failed(make_config, monkeypatch):
 
 
 def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
-    """ema.decay: the checkpoint's weights, and what the test measures, are the moving average of
+    """callbacks.ema.decay: the checkpoint's weights, and what the test measures, are the moving average of
     the weights after each step (recomputed here from a copy taken after every step); the raw
     weights ride along for resume=. The average starts at the first step's weights, as torch's
     AveragedModel does."""
@@ -220,7 +222,7 @@ def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
         def on_test_start(self, trainer, pl_module):
             tested.update(weights(pl_module))
 
-    cfg = make_config("ema.decay=0.6", "trainer.limit_train_batches=4", "mlflow.log_model=false")
+    cfg = make_config("callbacks.ema.decay=0.6", "trainer.limit_train_batches=4", "logger.log_model=false")
     train(cfg, extra_callbacks=[EveryStep()])
     (best,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
     saved = torch.load(best, weights_only=False)
@@ -259,15 +261,16 @@ def test_train_alone_sets_the_runs_status_once(make_config, monkeypatch, stop):
                 raise RunInterrupted("SIGTERM")
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", record)
-    cfg = make_config("trainer.limit_train_batches=4", "mlflow.log_model=false")
+    cfg = make_config("trainer.limit_train_batches=4", "logger.log_model=false")
     with pytest.raises(RunInterrupted) if stop else contextlib.nullcontext():
         train(cfg, extra_callbacks=[Stop()])
     _, run = the_only_run(cfg)
     assert statuses == [run.info.status] == (["KILLED"] if stop else ["FINISHED"])
 
 
-@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", True])
-def test_an_ema_decay_outside_0_1_names_the_key(decay):
-    with pytest.raises(ConfigError, match=r"ema\.decay=.* must be a number between 0 and 1"):
-        ema_callback(OmegaConf.create({"decay": decay}))
-    assert ema_callback(OmegaConf.create({"decay": None})) is None and ema_callback(None) is None
+@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", "true"])
+def test_an_ema_decay_outside_0_1_names_the_key(make_config, decay):
+    with pytest.raises(ConfigError, match=r"callbacks\.ema\.decay=.* must be a number between 0 and 1"):
+        checks.check_callbacks(make_config(f"callbacks.ema.decay={decay}").callbacks)
+    checks.check_callbacks(make_config("callbacks.ema.decay=null").callbacks)
+    assert moving_average(None) is None

@@ -26,9 +26,10 @@ for noise in (
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the best validation accuracy: the objective for Hydra sweepers."""
-    from fmnist_exp import sweep  # heavy imports only once Hydra has parsed the command line
-    from fmnist_exp.guards import RunInterrupted
+    # heavy imports only once Hydra has parsed the command line
+    from fmnist_exp.tracking import sweep
     from fmnist_exp.train import train
+    from fmnist_exp.training.callbacks import RunInterrupted
 
     register_resolvers()  # again: joblib and submitit workers unpickle this function without the module
     try:

@@ -15,8 +15,9 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 
-from fmnist_exp.dataset import CLASS_NAMES
+from fmnist_exp.data.dataset import CLASS_NAMES
 from fmnist_exp.errors import UserError, one_paragraph
+from fmnist_exp.training.module import load_classifier
 
 URI_HELP = (
     "Use best (the highest test/acc in the experiment), runs:/<run_id>/model, "
@@ -51,7 +52,7 @@ def best_run_uri(tracking_uri: str, experiment: str) -> str:
         else []
     )
     for run in runs:
-        if "test/acc" in run.data.metrics and run.data.params.get("mlflow.log_model") == "True":
+        if "test/acc" in run.data.metrics and run.data.params.get("logger.log_model") == "True":
             return f"runs:/{run.info.run_id}/model"
     raise UserError(
         f"model_uri=best: no finished run that tested on its whole test split and logged a model "
@@ -91,20 +92,3 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
     return LoadedModel(
         classifier.probabilities_module(), str(path.resolve()), classifier.class_names
     )
-
-
-def load_classifier(path: Path, source: str, hint: str):
-    """The Classifier in a checkpoint, on the CPU, in eval mode. A file that is not one of ours is a
-    UserError that starts with `source` (the key it came from) and ends with `hint`."""
-    from fmnist_exp.classifier import Classifier  # Lightning is a heavy import: only when needed
-
-    try:
-        classifier = Classifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # pickle, zip, key and shape errors all mean: not one of our checkpoints
-        raise UserError(
-            f"{source}: not a checkpoint this version of fmnist-exp can load "
-            f"({type(exc).__name__}: {one_paragraph(exc).split('. ')[0][:200]}). {hint}"
-        ) from exc
-    return classifier.eval()

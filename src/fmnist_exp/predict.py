@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from fmnist_exp import cli, inference
+from fmnist_exp.data.inputs import read_inputs
 from fmnist_exp.errors import UserError
-from fmnist_exp.inputs import read_inputs
 from fmnist_exp.paths import default_tracking_uri
 
 OPTIONS = {

@@ -2,9 +2,10 @@
 model registry, so predict and serve can load it as models:/<name>/<version>.
 (At training time: mlflow.register_model=<name>.)"""
 
-from fmnist_exp import cli, inference, tracking
+from fmnist_exp import cli, inference
 from fmnist_exp.errors import UserError
 from fmnist_exp.paths import default_tracking_uri
+from fmnist_exp.tracking import store
 
 OPTIONS = {
     "model_uri": "best",  # best | runs:/<run_id>/model
@@ -29,7 +30,7 @@ def run(argv: list[str]) -> str:
             f"register: model_uri={model_uri} must be best or runs:/<run_id>/model (a logged model)."
         )
     inference.load(model_uri, uri)  # fails clearly before the registry is touched
-    registered = tracking.register_model(uri, model_uri, options["name"])
+    registered = store.register_model(uri, model_uri, options["name"])
     print(f"registered {model_uri} as {registered}")
     return registered
 

@@ -20,10 +20,11 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from fmnist_exp import cli, resume  # noqa: E402
-from fmnist_exp import sweep as sweep_runs  # noqa: E402
+from fmnist_exp import cli  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
+from fmnist_exp.tracking import resume  # noqa: E402
+from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
 OPTIONS = {
     "sweep": "latest",
@@ -154,7 +155,7 @@ def logged_config(params: dict[str, str]) -> dict:
 
 def seedless_config(runs: pd.DataFrame) -> pd.Series:
     """Per run id: a hash of its logged config as config_hash sees it (resume.experiment_part: no
-    where/how-to-run keys, keys added later at their neutral value left out), without the seed."""
+    where/how-to-run keys), without the seed."""
     params = [c for c in runs if c.startswith("params.")]
 
     def seedless(row: pd.Series) -> str:

@@ -25,7 +25,8 @@ from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from fmnist_exp import cli, inference, pictures
+from fmnist_exp import cli, inference
+from fmnist_exp.data import pictures
 from fmnist_exp.errors import DataError, UserError
 from fmnist_exp.paths import default_tracking_uri
 

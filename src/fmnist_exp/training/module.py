@@ -1,7 +1,7 @@
 """One LightningModule for every architecture: normalisation + network + loss, metrics, optimiser.
 
 It is built from plain dicts (the resolved `model`, `optimizer` and `scheduler` configs), which are
-saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact network.
+saved in the checkpoint, so `load_classifier(path)` rebuilds the exact network.
 """
 
 import inspect
@@ -10,23 +10,20 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from fmnist_exp import distill
-from fmnist_exp.dataset import CLASS_NAMES
-from fmnist_exp.errors import ConfigError
-from fmnist_exp.lean import PlainAttributes
+from fmnist_exp.data.dataset import CLASS_NAMES
+from fmnist_exp.errors import ConfigError, UserError, one_paragraph
 from fmnist_exp.models import FlipAveraged, Normalize
-
-SPEED_KEYS = ("compile", "channels_last")  # model.* switches train.py acts on; not constructor args
 
 
 def build(spec: dict, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     """{'_target_': 'fmnist_exp.models.LeNet', **kwargs} -> the module, with `num_classes` outputs
     (the dataset's classes). Unlike hydra's instantiate, a ConfigError raised by the constructor
     reaches the caller unwrapped."""
-    kwargs = {k: v for k, v in spec.items() if k not in SPEED_KEYS}
+    kwargs = dict(spec)
     network = get_object(kwargs.pop("_target_"))
     options = inspect.signature(network).parameters
     given = kwargs.setdefault("num_classes", num_classes)
@@ -46,13 +43,13 @@ def build(spec: dict, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
     if unknown := sorted(set(kwargs) - set(options)):
         raise ConfigError(
             f"model.{unknown[0]} is not an option of {network.__name__}; its options are "
-            f"{', '.join(options)} (and {', '.join(SPEED_KEYS)}). Drop the override or pick a model "
-            f"that has it (conf/model/)."
+            f"{', '.join(options)}. Drop the override or pick a model that has it (conf/model/); "
+            f"module.* holds the settings around the network (loss, compile, channels_last)."
         )
     return network(**kwargs)
 
 
-class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.py
+class Classifier(L.LightningModule):
     def __init__(
         self,
         net: dict,
@@ -95,14 +92,14 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
         hp = self.hparams
         loss = F.cross_entropy(logits, labels, label_smoothing=hp.label_smoothing)
         if len(batch) == 3:
-            taught = distill.loss(logits, batch[2], hp.distill_temperature)
+            taught = distillation_loss(logits, batch[2], hp.distill_temperature)
             loss = (1 - hp.distill_weight) * loss + hp.distill_weight * taught
         return loss, logits
 
     # Training loss and accuracy are summed on the device and logged once, at the epoch's last step:
     # no per-step host sync and no per-step self.log or metric update (their Python bookkeeping
     # cost about 2 ms of a 13 ms lenet_bn step on the CPU). The sums live in a dict and grow in
-    # place, so no step goes through nn.Module.__setattr__. sync_dist averages over DDP processes
+    # place. sync_dist averages over DDP processes
     # (equal shards; a no-op in one process). Validation and test use torchmetrics. A step adds to
     # two device sums (loss; argmax == label); the count of images is a Python int.
     def on_train_epoch_start(self) -> None:
@@ -171,3 +168,54 @@ class Classifier(PlainAttributes, L.LightningModule):  # PlainAttributes: lean.p
     def probabilities_module(self) -> nn.Module:
         """The servable model: raw pixels float32 [N, 1, 28, 28] -> class probabilities [N, classes]."""
         return nn.Sequential(self.net, nn.Softmax(dim=1)).eval()
+
+
+def distillation_loss(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(targets || softmax(logits / T)), averaged over the batch (Hinton et al. 2015)."""
+    log_student = (logits / temperature).log_softmax(1)
+    kl = F.kl_div(log_student, targets, reduction="batchmean")
+    return kl * temperature**2
+
+
+def classifier(cfg: DictConfig, datamodule) -> Classifier:
+    """The run's Classifier: the `model`, `optimizer`, `scheduler` and `module` configs around the
+    data's statistics and classes. The optimizer is built once here, so a setting torch refuses
+    fails before the MLflow run exists."""
+
+    def plain(node):  # resolved plain containers: they are saved in the checkpoint
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    module, teachers = cfg.module, bool(cfg.module.distill.teachers)
+    model = Classifier(
+        net=plain(cfg.model),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")),
+        mean=datamodule.mean,
+        std=datamodule.std,
+        label_smoothing=module.label_smoothing,
+        tta_hflip=module.tta_hflip,
+        distill_weight=module.distill.weight if teachers else 0.0,
+        distill_temperature=module.distill.temperature,
+        class_names=datamodule.class_names,
+    )
+    model.make_optimizer()
+    if module.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if module.compile:
+        model.net.compile()  # in place: compiled forward, same state_dict keys, same checkpoints
+    return model
+
+
+def load_classifier(path, source: str, hint: str) -> Classifier:
+    """The Classifier in a checkpoint, on the CPU, in eval mode. A file that is not one of ours is a
+    UserError that starts with `source` (the key it came from) and ends with `hint`."""
+    try:
+        model = Classifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, key and shape errors: not one of our checkpoints
+        raise UserError(
+            f"{source}: not a checkpoint this version of fmnist-exp can load "
+            f"({type(exc).__name__}: {one_paragraph(exc).split('. ')[0][:200]}). {hint}"
+        ) from exc
+    return model.eval()

@@ -15,12 +15,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fmnist_exp import dataset
-from fmnist_exp.augment import AUGMENTATIONS, apply_choices, draw_choices
+from fmnist_exp.data import dataset
+from fmnist_exp.data.augment import apply_choices, draw_choices
 from fmnist_exp.errors import ConfigError, DataError
 from fmnist_exp.paths import project_root
-
-SPLITS = ("official", "random_80_10_10")
 
 
 class TensorBatches:
@@ -115,34 +113,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment: dict | None = None,
     ):
         super().__init__()
-        if split not in SPLITS:
-            raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}.")
-        for key, value in (
-            ("data.batch_size", batch_size),
-            ("data.eval_batch_size", eval_batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key}={value!r} must be a positive number of images per batch.")
-        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1:
-            raise ConfigError(
-                f"data.val_size={val_size!r} must be a whole number >= 1: the training images held "
-                f"out for validation (it must also be smaller than the training split)."
-            )
+        # the values were checked with the whole config (checks.check_data)
         augment = dict(augment or {})
-        if unknown := sorted(set(augment) - set(AUGMENTATIONS)):
-            raise ConfigError(
-                f"data.augment.{unknown[0]} is not an augmentation; the switches are "
-                f"{', '.join(AUGMENTATIONS)} (conf/data/fashion_mnist.yaml)."
-            )
-        for key, ok, what in (
-            ("hflip", lambda v: isinstance(v, bool), "true or false"),
-            ("crop_padding", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-             "a whole number of pixels >= 0 (0 = off)"),
-            ("erase_prob", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-             and 0 <= v <= 1, "a probability in [0, 1]"),
-        ):  # fmt: skip
-            if key in augment and not ok(augment[key]):
-                raise ConfigError(f"data.augment.{key}={augment[key]!r} must be {what}.")
         self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

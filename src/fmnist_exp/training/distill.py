@@ -1,6 +1,6 @@
 """Knowledge distillation: a run can also learn the mean predictions of earlier runs (its teachers).
 
-`distill.teachers` names FINISHED runs in the same tracking store. Before the student's MLflow run
+`module.distill.teachers` names FINISHED runs in the same tracking store. Before the student's MLflow run
 starts, each teacher's best checkpoint predicts every training image once (in eval mode, with its
 own flip averaging), and the mean of their temperature-softened probabilities becomes a soft target
 per image: [N_train, 10], carried beside the labels in every training batch. The student's loss is
@@ -22,7 +22,7 @@ import mlflow
 import torch
 
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.inference import load_classifier
+from fmnist_exp.training.module import load_classifier
 
 SPLIT_KEYS = ("data.split", "data.split_seed")  # must match the student's: same test images
 CHUNK = 500  # images per teacher forward pass (larger chunks only add allocator time on a CPU)
@@ -36,7 +36,7 @@ def _best_checkpoint(tracking_uri: str, run_id: str) -> Path:
     ]
     if not found:
         raise ConfigError(
-            f"distill.teachers: run {run_id} has no checkpoints/*.ckpt artifact (it was recorded "
+            f"module.distill.teachers: run {run_id} has no checkpoints/*.ckpt artifact (it was recorded "
             f"before checkpoints were logged, or it failed before its first validation). Pick a "
             f"FINISHED run whose Artifacts tab shows checkpoints/."
         )
@@ -50,26 +50,26 @@ def _check_split(run, data: dict) -> None:
     params, run_id = run.data.params, run.info.run_id
     if "data.split" not in params:
         raise ConfigError(
-            f"distill.teachers: run {run_id} did not train a model (it has no data.* params: a "
+            f"module.distill.teachers: run {run_id} did not train a model (it has no data.* params: a "
             f"sweep's parent run?). Pass the ids of training runs, e.g. the sweep's child runs."
         )
     for key in SPLIT_KEYS:
         theirs, ours = params.get(key), str(data[key.split(".", 1)[1]])
         if theirs != ours:
             raise ConfigError(
-                f"distill.teachers: run {run_id} used {key}={theirs}, this run uses {key}={ours}. "
+                f"module.distill.teachers: run {run_id} used {key}={theirs}, this run uses {key}={ours}. "
                 f"A teacher from another split has trained on images this run tests on. Use teachers "
                 f"trained with the same data split, or change {key} to theirs."
             )
     if data["split"] == "official" and int(params.get("data.val_size", -1)) < data["val_size"]:
         raise ConfigError(
-            f"distill.teachers: run {run_id} held out data.val_size={params.get('data.val_size')} "
+            f"module.distill.teachers: run {run_id} held out data.val_size={params.get('data.val_size')} "
             f"images, this run holds out {data['val_size']}: the teacher trained on images this run "
             f"validates on. Use teachers with data.val_size >= {data['val_size']}."
         )
 
 
-def load_teachers(tracking_uri: str, run_ids: list[str], data: dict) -> list[torch.nn.Module]:
+def load_teachers(tracking_uri: str, run_ids, data) -> list[torch.nn.Module]:
     """Each teacher run's best network (eval mode, CPU), after checking that the run exists, is
     FINISHED and trained on our split. No teachers: the store is not opened (a run that fails its
     config checks leaves no tracking DB behind)."""
@@ -82,30 +82,33 @@ def load_teachers(tracking_uri: str, run_ids: list[str], data: dict) -> list[tor
             run = client.get_run(run_id)
         except mlflow.exceptions.MlflowException as exc:
             raise ConfigError(
-                f"distill.teachers: no run {run_id!r} in {tracking_uri}. Teachers are full run ids "
+                f"module.distill.teachers: no run {run_id!r} in {tracking_uri}. Teachers are full run ids "
                 f"from this store (MLflow UI, or the 'run <id>' summary line of a finished run)."
             ) from exc
         if run.info.status != "FINISHED":
             raise ConfigError(
-                f"distill.teachers: run {run_id} is {run.info.status}, not FINISHED. Finish it "
+                f"module.distill.teachers: run {run_id} is {run.info.status}, not FINISHED. Finish it "
                 f"(resume={run_id}) or pick another teacher."
             )
         _check_split(run, data)
         path = _best_checkpoint(tracking_uri, run_id)
         hint = "Pick a teacher trained by this version of fmnist-exp, or train that config again."
         teachers.append(
-            load_classifier(path, f"distill.teachers: run {run_id}'s {path.name}", hint)
+            load_classifier(path, f"module.distill.teachers: run {run_id}'s {path.name}", hint)
         )
     return teachers
 
 
 @torch.no_grad()
 def soft_targets(
-    teachers: list[torch.nn.Module], images: torch.Tensor, temperature: float, device: torch.device
-) -> torch.Tensor:
+    teachers: list[torch.nn.Module], images: torch.Tensor, temperature: float
+) -> torch.Tensor | None:
     """uint8 images [N, 1, 28, 28] -> mean softened teacher probabilities [N, classes] (float32,
-    on the CPU). The forward passes run on `device` (the GPU when there is one: seconds, not
-    minutes)."""
+    on the CPU), or None without teachers. The forward passes run on the GPU when there is one
+    (seconds, not minutes)."""
+    if not teachers:
+        return None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     total = 0
     for teacher in teachers:
         teacher = teacher.to(device)
@@ -115,10 +118,3 @@ def soft_targets(
         ]
         total = total + torch.cat(probs)
     return total / len(teachers)
-
-
-def loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(targets || softmax(logits / T)), averaged over the batch."""
-    log_student = (logits / temperature).log_softmax(1)
-    kl = torch.nn.functional.kl_div(log_student, targets, reduction="batchmean")
-    return kl * temperature**2

@@ -1,4 +1,4 @@
-"""MLflow: where runs go, what each run records, and the servable model.
+"""The MLflow store: checked and made ready before a run, written patiently, and the servable model.
 
 The store is always passed explicitly (MLflow 3 refuses the bare ./mlruns file store). With a sqlite
 store the artifacts live beside the database file, so one folder (mlruns/) holds everything.
@@ -6,15 +6,13 @@ store the artifacts live beside the database file, so one folder (mlruns/) holds
 
 import fcntl
 import os
-import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
 from fmnist_exp.errors import ConfigError, UserError
@@ -46,14 +44,14 @@ def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
         raise UserError(
             f"The MLflow tracking server {tracking_uri} does not answer ({type(exc).__name__}: "
             f"{str(exc)[:200]}). Start the server, fix MLFLOW_TRACKING_URI / "
-            f"mlflow.tracking_uri, or unset it to use the local sqlite store. Nothing was recorded."
+            f"logger.tracking_uri, or unset it to use the local sqlite store. Nothing was recorded."
         ) from exc
 
 
 STORE_HELP = (
     "Use sqlite:////absolute/path/mlflow.db (the default: <root>/mlruns/mlflow.db), "
     "http(s)://host:port for a tracking server, or a database URI (postgresql://...); set it with "
-    "mlflow.tracking_uri=... or MLFLOW_TRACKING_URI, or unset both for the default."
+    "logger.tracking_uri=... or MLFLOW_TRACKING_URI, or unset both for the default."
 )
 
 
@@ -64,7 +62,7 @@ def check_store_uri(tracking_uri: str, experiment: str) -> None:
     cannot be written, an empty experiment name."""
     if not isinstance(experiment, str) or not experiment.strip():
         raise ConfigError(
-            f"mlflow.experiment={experiment!r} must be a name, e.g. mlflow.experiment=fashion-mnist."
+            f"logger.experiment={experiment!r} must be a name, e.g. logger.experiment=fashion-mnist."
         )
     if (
         tracking_uri.startswith(("http://", "https://"))
@@ -74,11 +72,11 @@ def check_store_uri(tracking_uri: str, experiment: str) -> None:
     db = sqlite_path(tracking_uri)
     if db is None:
         raise ConfigError(
-            f"mlflow.tracking_uri={tracking_uri!r} is not a tracking store this project can use. {STORE_HELP}"
+            f"logger.tracking_uri={tracking_uri!r} is not a tracking store this project can use. {STORE_HELP}"
         )
     if not db.is_absolute():
         raise ConfigError(
-            f"mlflow.tracking_uri={tracking_uri}: {db} is a relative path (it would change with the "
+            f"logger.tracking_uri={tracking_uri}: {db} is a relative path (it would change with the "
             f"working directory); write it absolute, with four slashes: sqlite:///{db.resolve()}."
         )
     if db.is_file():
@@ -86,16 +84,16 @@ def check_store_uri(tracking_uri: str, experiment: str) -> None:
             header = f.read(len(SQLITE_HEADER))
         if header and header != SQLITE_HEADER:
             raise UserError(
-                f"{db} (mlflow.tracking_uri) is not an SQLite database: it is corrupt or another "
-                f"kind of file. It was left as it is; move it aside or point mlflow.tracking_uri "
+                f"{db} (logger.tracking_uri) is not an SQLite database: it is corrupt or another "
+                f"kind of file. It was left as it is; move it aside or point logger.tracking_uri "
                 f"elsewhere. {STORE_HELP}"
             )
     folder = db.parent if db.parent.exists() else next(p for p in db.parents if p.exists())
     writable = os.access(db, os.W_OK) if db.exists() else os.access(folder, os.W_OK)
     if not (writable and os.access(folder, os.W_OK)):
         raise UserError(
-            f"The tracking store {db} (mlflow.tracking_uri) cannot be written (read-only file or "
-            f"folder): fix its permissions, or point mlflow.tracking_uri at a writable place. "
+            f"The tracking store {db} (logger.tracking_uri) cannot be written (read-only file or "
+            f"folder): fix its permissions, or point logger.tracking_uri at a writable place. "
             f"Nothing was recorded."
         )
 
@@ -165,65 +163,6 @@ def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
             delay = min(delay * 2, 5.0)
 
 
-class RunLogger(MLFlowLogger):
-    """Lightning's MLflow logger, except that it leaves the run's status to train(), which sets it
-    once, at the end: FINISHED, FAILED or KILLED. Lightning's own finalize marks the run FINISHED
-    after fit (before the test has run) and FAILED on any exception, a SIGTERM that train() then
-    marks KILLED included; a sweep stopped by a signal waits for its jobs to leave RUNNING, saw
-    that passing FAILED and exited before the job had marked itself KILLED."""
-
-    def finalize(self, status: str = "success") -> None:
-        pass  # (Lightning's also uploads checkpoints when log_model is set; we never set it)
-
-
-def make_logger(
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    tags: dict[str, str],
-    run_id: str | None = None,
-) -> RunLogger:
-    """Lightning's MLflow logger on an explicit store (ensure_store made it ready): a new run, or
-    with run_id an existing one (resumed: set RUNNING again)."""
-    if run_id:
-        mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
-    return RunLogger(
-        experiment_name=experiment,
-        tracking_uri=tracking_uri,
-        run_name=run_name,
-        tags=tags,
-        artifact_location=artifact_location(tracking_uri),
-        run_id=run_id,
-    )
-
-
-def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
-    """{'model': {'channels': [16, 32]}} -> {'model.channels': '[16, 32]'} (MLflow params are flat)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def git_commit(directory: Path) -> str:
-    """HEAD of the checkout (with '-dirty' when it has uncommitted changes), or 'unknown'."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=directory, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
 def log_model(
     tracking_uri: str,
     run_id: str,
@@ -253,17 +192,6 @@ def log_model(
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"mlflow=={mlflow.__version__}",
             ],
-        )
-
-
-def check_model_name(name) -> None:
-    """A registry name MLflow takes: not blank, no '/' or ':' (MLflow refuses those, but only when
-    the model is registered, after training)."""
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/:"):
-        raise ConfigError(
-            f"mlflow.register_model={name!r} is not a registry name MLflow accepts (it must not be "
-            f"blank or contain '/' or ':'). Use letters, digits, '-', '_' or '.', e.g. "
-            f"mlflow.register_model=fmnist."
         )
 
 

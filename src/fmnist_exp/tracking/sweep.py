@@ -24,8 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fmnist_exp import tracking
 from fmnist_exp.errors import ConfigError, UserError, one_paragraph
+from fmnist_exp.tracking import store
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
@@ -65,9 +65,9 @@ def record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
     message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     log.error("job failed: %s\n%s", message, "".join(traceback.format_exception(exc)))
     print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr)
-    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
     tags = job_tags()
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment)
     if experiment is None or "mlflow.parentRunId" not in tags:
         return
     mine = client.search_runs(
@@ -174,10 +174,10 @@ class MLflowSweep(Callback):
     """Hydra callback (conf/train.yaml: hydra.callbacks.mlflow_sweep)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
+        uri, sweep_dir = config.logger.tracking_uri, Path(config.hydra.sweep.dir)
         try:
             check_sweep_ranges(list(config.hydra.overrides.task))
-            experiment_id = tracking.ensure_store(uri, config.mlflow.experiment)
+            experiment_id = store.ensure_store(uri, config.logger.experiment)
         except UserError as exc:  # before any job: one paragraph, exit 2
             print(f"error: {one_paragraph(exc)}", file=sys.stderr)
             sys.exit(2)
@@ -196,7 +196,7 @@ class MLflowSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if StopTheSweep.current is not None:
             StopTheSweep.current.close()
-        uri, sweep_dir = config.mlflow.tracking_uri, Path(config.hydra.sweep.dir)
+        uri, sweep_dir = config.logger.tracking_uri, Path(config.hydra.sweep.dir)
         parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
         client = mlflow.MlflowClient(uri)
         parent = client.get_run(parent_id)

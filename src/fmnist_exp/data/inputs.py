@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmnist_exp import pictures
-from fmnist_exp.dataset import CLASS_NAMES, OFFICIAL_ID, class_key, read_idx
+from fmnist_exp.data import pictures
+from fmnist_exp.data.dataset import CLASS_NAMES, OFFICIAL_ID, class_key, read_idx
 from fmnist_exp.errors import DataError
 
 SIZE = pictures.SIZE

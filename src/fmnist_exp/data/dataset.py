@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fmnist_exp import pictures
+from fmnist_exp.data import pictures
 from fmnist_exp.errors import DataError
 
 CLASS_NAMES = (

@@ -1,0 +1,174 @@
+"""Every rule on a composed training config, each written once, run before anything is read or
+recorded: a value that cannot work is a ConfigError naming the key, what it takes and an example.
+
+Rules that depend on one network's shapes (a kernel too large for 28x28 pictures) live with that
+network in models.py; rules on the tracking store (which touch the store) in tracking/store.py;
+an empty sweep range in tracking/sweep.py (it is an override, not a value).
+"""
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_exp.data.augment import AUGMENTATIONS
+from fmnist_exp.errors import ConfigError
+
+SPLITS = ("official", "random_80_10_10")  # data.split
+
+
+def is_number(value) -> bool:
+    """An int or float from the config; True and False are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_whole(value, minimum: int = 1) -> bool:
+    """A whole number >= minimum; 16.0 and True are not."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _rule(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check(cfg: DictConfig) -> None:
+    """All rules on a composed train.yaml, in the order of the run."""
+    for block in ("module.distill", "callbacks.ema", "data.augment"):
+        check_block(cfg, block)
+    check_run(cfg)
+    check_data(OmegaConf.to_container(cfg.data, resolve=True))
+    check_module(cfg.module)
+    check_callbacks(cfg.callbacks)
+    check_trainer(cfg)
+
+
+def check_block(cfg: DictConfig, key: str) -> None:
+    """`callbacks.ema=0.999` (a value where a block of settings belongs) would end in an
+    AttributeError deep inside the run: a block stays a block, or null where it may be off."""
+    value = OmegaConf.select(cfg, key)
+    if value is None or isinstance(value, DictConfig):
+        return
+    group = key.split(".")[0]
+    defaults = OmegaConf.select(OmegaConf.load(_default_file(group)), key.split(".", 1)[1])
+    keys = ", ".join(f"{key}.{k}" for k in (defaults or {}) if not k.startswith("_"))
+    raise ConfigError(
+        f"{key}={value!r} sets a whole block of settings to one value; set its keys instead "
+        f"({keys}; defaults in conf/{group}/)."
+    )
+
+
+def _default_file(group: str) -> Path:
+    from fmnist_exp.paths import config_dir
+
+    return config_dir() / group / ("fashion_mnist.yaml" if group == "data" else "default.yaml")
+
+
+def check_run(cfg: DictConfig) -> None:
+    seed = cfg.seed
+    _rule(
+        is_whole(seed, 0) and seed <= 2**32 - 1,
+        f"seed={seed!r} must be an int from 0 to 4294967295: it seeds python, numpy, torch and "
+        f"the batch order. Pass e.g. seed=1, or seed=1,2,3 with --multirun.",
+    )
+    _rule(
+        isinstance(cfg.skip_finished, bool),
+        f"skip_finished={cfg.skip_finished}: must be true or false. Pass skip_finished=true to "
+        f"skip configs that already FINISHED (and resume unfinished ones), or leave it out.",
+    )
+    name = cfg.logger.register_model
+    _rule(
+        name is None or (isinstance(name, str) and name.strip() and not set(name) & set("/:")),
+        f"logger.register_model={name!r} is not a registry name MLflow accepts (it must not be "
+        f"blank or contain '/' or ':'). Use letters, digits, '-', '_' or '.', e.g. "
+        f"logger.register_model=fmnist.",
+    )
+    _rule(
+        not name or cfg.logger.log_model is True,
+        f"logger.register_model={name} needs the logged model: drop logger.log_model=false, or "
+        f"register_model.",
+    )
+
+
+def check_data(data: Mapping) -> None:
+    _rule(
+        data["split"] in SPLITS, f"data.split={data['split']!r} is not one of {', '.join(SPLITS)}."
+    )
+    for key in ("batch_size", "eval_batch_size"):
+        _rule(
+            is_whole(data[key]),
+            f"data.{key}={data[key]!r} must be a positive number of images per batch.",
+        )
+    _rule(
+        is_whole(data["val_size"]),
+        f"data.val_size={data['val_size']!r} must be a whole number >= 1: the training images "
+        f"held out for validation (it must also be smaller than the training split).",
+    )
+    augment = data.get("augment") or {}
+    if unknown := sorted(set(augment) - set(AUGMENTATIONS)):
+        raise ConfigError(
+            f"data.augment.{unknown[0]} is not an augmentation; the switches are "
+            f"{', '.join(AUGMENTATIONS)} (conf/data/fashion_mnist.yaml)."
+        )
+    takes: dict[str, tuple[Callable, str]] = {
+        "hflip": (lambda v: isinstance(v, bool), "true or false"),
+        "crop_padding": (lambda v: is_whole(v, 0), "a whole number of pixels >= 0 (0 = off)"),
+        "erase_prob": (lambda v: is_number(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    }
+    for key, value in augment.items():
+        ok, what = takes[key]
+        _rule(ok(value), f"data.augment.{key}={value!r} must be {what}.")
+
+
+def check_module(module: DictConfig) -> None:
+    smoothing = module.label_smoothing
+    _rule(
+        is_number(smoothing) and 0 <= smoothing < 1,
+        f"module.label_smoothing={smoothing!r} must be a number in [0, 1): the share of each "
+        f"target spread over the other classes (0 = off; the recipes use 0.1).",
+    )
+    for key in ("tta_hflip", "compile", "channels_last"):
+        _rule(isinstance(module[key], bool), f"module.{key}={module[key]!r} must be true or false.")
+    distill = module.distill
+    teachers = distill.teachers
+    _rule(
+        OmegaConf.is_list(teachers) and all(isinstance(t, str) and t for t in teachers),
+        f"module.distill.teachers={teachers!r} must be a list of MLflow run ids, e.g. "
+        f"'module.distill.teachers=[<run_id>,<run_id>]' ([] = no distillation).",
+    )
+    _rule(
+        is_number(distill.weight) and 0 <= distill.weight <= 1,
+        f"module.distill.weight={distill.weight!r} must be in [0, 1]: the share of the loss on "
+        f"the teachers.",
+    )
+    _rule(
+        is_number(distill.temperature) and distill.temperature > 0,
+        f"module.distill.temperature={distill.temperature!r} must be a number > 0 "
+        f"(1 = plain probabilities).",
+    )
+
+
+def check_callbacks(callbacks: DictConfig) -> None:
+    decay = OmegaConf.select(callbacks, "ema.decay")
+    _rule(
+        decay is None or (is_number(decay) and 0 < decay < 1),
+        f"callbacks.ema.decay={decay!r} must be a number between 0 and 1 (each step keeps that "
+        f"share of the average), e.g. callbacks.ema.decay=0.999; callbacks.ema.decay=null "
+        f"switches the average off.",
+    )
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    epochs = cfg.trainer.get("max_epochs")
+    _rule(
+        epochs is None or epochs == -1 or is_whole(epochs),
+        f"trainer.max_epochs={epochs!r} must be a whole number of passes over the training split, "
+        f"1 or more (or -1: no limit, with trainer.max_steps); 0 would test an untrained network.",
+    )
+    no_limit = epochs == -1 and (cfg.trainer.get("max_steps") or -1) < 1
+    _rule(
+        not (no_limit and cfg.get("scheduler")),
+        "trainer.max_epochs=-1 (no limit) leaves the learning-rate schedule no number of steps "
+        "to run over: give trainer.max_epochs a number of epochs, or train without one "
+        "(scheduler=none).",
+    )

@@ -1,0 +1,263 @@
+"""One training's MLflow run, from the moment it exists to its status.
+
+`lifecycle()` is the only code that sets a run's status: FINISHED when its block ends, KILLED on a
+stop signal or Ctrl+C, FAILED on anything else, with the reason in the run's `error` tag. Inside
+it, `Run.start` records what the run is (params, parameter counts, the resolved config) and
+`Run.finish` what it gave (the partial tag, plots, the best checkpoint, the servable model, the
+summary metrics).
+"""
+
+import contextlib
+import errno
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import lightning as L
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_exp.errors import UserError
+from fmnist_exp.models import count_parameters
+from fmnist_exp.tracking import resume, store, sweep
+from fmnist_exp.training import plots
+from fmnist_exp.training.callbacks import RunInterrupted, RunState, StopOnSignal
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
+EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that it leaves the run's status to lifecycle(), which sets
+    it once, at the end. Lightning's own finalize marks the run FINISHED after fit (before the test
+    has run) and FAILED on any exception, a SIGTERM included: a sweep stopped by a signal, waiting
+    for its jobs to leave RUNNING, would take that FAILED for the job's end."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # (Lightning's also uploads checkpoints when log_model is set; we never set it)
+
+
+def describe(cfg: DictConfig) -> tuple[str, list[str]]:
+    """(model config name, command-line overrides), from Hydra when it launched us."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        return hydra_cfg.runtime.choices.get("model", "custom"), list(hydra_cfg.overrides.task)
+    return cfg.model._target_.rsplit(".", 1)[-1].lower(), []
+
+
+def make_logger(cfg: DictConfig, previous: resume.Previous | None) -> RunLogger:
+    """Lightning's MLflow logger on the checked store: a new run, or the previous one (RUNNING
+    again). A sweep job's name starts with its job number, so jobs that share a run name stay apart
+    in the MLflow UI."""
+    uri, model_name, overrides = cfg.logger.tracking_uri, *describe(cfg)
+    name = cfg.logger.run_name or " ".join([model_name, *overrides])
+    if (job := sweep.job_tags().get("sweep.job_num")) is not None:
+        name = f"#{job} {name}"
+    if previous:
+        mlflow.MlflowClient(uri).update_run(previous.run_id, status="RUNNING")
+    return RunLogger(
+        experiment_name=cfg.logger.experiment,
+        tracking_uri=uri,
+        run_name=name,
+        tags={
+            "model": model_name,
+            "overrides": " ".join(overrides),
+            "git_commit": git_commit(Path(cfg.paths.root)),
+            "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
+            **sweep.job_tags(),  # nests the run under its sweep's parent run
+            **{k: str(v) for k, v in cfg.logger.tags.items()},  # config_hash, reference_acc, debug
+        },
+        artifact_location=store.artifact_location(uri),
+        run_id=previous.run_id if previous else None,
+    )
+
+
+class Run:
+    """What one run records, through the logger's client (a no-op on DDP's other processes)."""
+
+    def __init__(self, cfg: DictConfig, logger: RunLogger, state: RunState, previous):
+        self.cfg, self.logger, self.state, self.previous = cfg, logger, state, previous
+        self.client, self.id = logger.experiment, logger.run_id
+        self.uri, self.output_dir = cfg.logger.tracking_uri, Path(cfg.paths.output_dir)
+        state.run_id = self.id  # into every checkpoint from here on
+
+    def start(self, datamodule, model) -> None:
+        """A new run: its params, parameter counts and resolved config. A resumed one keeps what it
+        logged, and a sweep that finishes it adopts it."""
+        if self.previous is not None:
+            for key, value in sweep.job_tags().items():
+                self.client.set_tag(self.id, key, value)
+            checkpoint = self.previous.last_checkpoint
+            damaged = "" if checkpoint.name == "last.ckpt" else " (last.ckpt is damaged)"
+            print(f"resuming run {self.id} from {checkpoint}{damaged}")
+            return
+        params = {
+            k: v for k, v in flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()
+            if not k.startswith(("paths.", "data.md5."))  # machine-specific or constant
+        }  # fmt: skip
+        summary = datamodule.summary() | {"output_dir": str(self.output_dir)}
+        self.logger.log_hyperparams(params | summary)
+        total, trainable = count_parameters(model.net)
+        self.logger.log_metrics({"model/params_total": total, "model/params_trainable": trainable})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def finish(self, trainer: L.Trainer, model, datamodule, tested: dict, started: float) -> dict:
+        """The results: tested on the whole test split or partial (part of it, fast_dev_run, a
+        debug mode: never ranked); then, on rank 0, the artifacts and the summary metrics."""
+        cfg, checkpoint = self.cfg, trainer.checkpoint_callback
+        n_tested, n_test = int(tested["test/n_images"]), len(datamodule.test[1])
+        partial = n_tested < n_test or bool(trainer.fast_dev_run) or "debug" in cfg.logger.tags
+        self.client.set_tag(self.id, "partial", str(partial).lower())
+        results = {
+            "test/acc": tested["test/acc"],
+            "test/loss": tested["test/loss"],
+            "test/n_images": n_tested,
+            "val/acc_best": float(getattr(checkpoint, "best_model_score", None) or float("nan")),
+            "time/fit_s": self.state.seconds(),  # every leg, when resumed
+            "epochs": trainer.current_epoch,
+            "partial": partial,
+            "n_test": n_test,
+        }
+        if trainer.global_rank != 0:  # other DDP processes: rank 0 records the run
+            return results
+        folder = self.output_dir
+        curves = plots.training_curves(
+            epoch_history(self.client, self.id), folder / "training_curves.png"
+        )
+        confusion = plots.confusion_matrix(
+            model.test_confusion_counts, model.class_names, folder / "confusion_matrix.png"
+        )
+        for artifact in (folder / "config.yaml", curves, confusion):
+            self.client.log_artifact(self.id, str(artifact))
+        if best := getattr(checkpoint, "best_model_path", ""):
+            self.client.log_artifact(self.id, best, artifact_path="checkpoints")
+        if cfg.logger.log_model:
+            uri = self.uri
+            store.log_model(uri, self.id, model.probabilities_module(), datamodule.test[0][:2],
+                            model.class_names)  # fmt: skip
+            if cfg.logger.register_model:
+                name = store.register_model(
+                    uri, f"runs:/{self.id}/model", cfg.logger.register_model
+                )
+                self.client.set_tag(self.id, "registered_model", name)
+        earlier = self.state.earlier_legs
+        results["time/total_s"] = earlier + time.perf_counter() - started
+        if self.previous is not None:
+            results["time/fit_earlier_legs_s"] = earlier
+        # Lightning's logger recorded the test metrics, except under fast_dev_run (it mutes loggers)
+        muted = bool(trainer.fast_dev_run)
+        numbers = {k: v for k, v in results.items() if k not in ("partial", "n_test")}
+        self.logger.log_metrics(
+            {k: v for k, v in numbers.items() if muted or not k.startswith("test/")}
+        )
+        return results
+
+
+@contextlib.contextmanager
+def lifecycle(
+    cfg: DictConfig, logger: RunLogger, stop: StopOnSignal, state: RunState,
+    previous: resume.Previous | None,
+) -> Iterator[Run]:  # fmt: skip
+    """The run exists from here on. Stop signals raise RunInterrupted (StopOnSignal saves a
+    checkpoint of the moment); every way out sets the run's status once."""
+    run = Run(cfg, logger, state, previous)
+    try:
+        with stop:
+            yield run
+    except BaseException as exc:
+        killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
+        note = f"; checkpoint {stop.saved}" if stop.saved else ""
+        error = f"{type(exc).__name__}: {exc}{note}"[:5000]
+        store.patiently(lambda: run.client.set_tag(run.id, "error", error))
+        store.patiently(lambda: run.client.set_terminated(run.id, "KILLED" if killed else "FAILED"))
+        if (explained := _explained(exc, killed, stop, run)) is exc:
+            raise
+        raise explained from exc
+    if previous is not None and run.id and "error" in run.client.get_run(run.id).data.tags:
+        run.client.delete_tag(run.id, "error")  # an earlier leg's; this one finished
+    store.patiently(lambda: run.client.set_terminated(run.id, "FINISHED"))
+
+
+def _explained(exc: BaseException, killed: bool, stop: StopOnSignal, run: Run) -> BaseException:
+    """What the user sees: a stop with whether it can be resumed, a full disk or a busy store as
+    one paragraph with the way on; anything else as it was."""
+    checkpoints, uri = run.output_dir / "checkpoints", run.uri
+    if killed:
+        stopped = (
+            exc if isinstance(exc, RunInterrupted) else RunInterrupted(stop.received or "SIGINT")
+        )
+        stopped.resumable = resume.last_checkpoint(run.output_dir).is_file()
+        return stopped
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+        where = (
+            exc.filename or f"the run (outputs in {run.output_dir}, artifacts in the store {uri})"
+        )
+        return UserError(
+            f"{exc.strerror} while writing {where}: run {run.id} is FAILED; its checkpoints so far "
+            f"are in {checkpoints}. Free space (or fix the permissions), then continue it with "
+            f"resume={run.id}."
+        )
+    if store.is_busy(exc):
+        return UserError(
+            f"The tracking store {uri} stayed busy (another process held its write lock) and "
+            f"refused a write: run {run.id} is FAILED; its checkpoints so far are in "
+            f"{checkpoints}. Continue it with resume={run.id} once the other process is done "
+            f"(many parallel writers: use make tracking-server)."
+        )
+    return exc
+
+
+def summary(cfg: DictConfig, run_id: str, results: dict, model) -> str:
+    """The line a finished run prints, and where to compare it."""
+    uri, output_dir = cfg.logger.tracking_uri, cfg.paths.output_dir
+    partial = (f" (partial: {results['test/n_images']} of {results['n_test']} test images)"
+               if results["partial"] else "")  # fmt: skip
+    where = (uri if uri.startswith(("http://", "https://"))
+             else f"make ui  (or: mlflow ui --backend-store-uri {uri})")  # fmt: skip
+    return (
+        f"run {run_id}  test/acc={results['test/acc']:.4f}{partial}  "
+        f"params={count_parameters(model.net)[0]:,}  epochs={results['epochs']}  "
+        f"wall={results['time/total_s']:.1f}s  outputs={output_dir}\ncompare runs: {where}"
+    )
+
+
+def epoch_history(client, run_id: str) -> list[dict[str, float]]:
+    """The per-epoch metrics the run logged (every leg of a resumed one), for the curves plot."""
+    by_step: dict[int, dict[str, float]] = {}
+    for key in EPOCH_METRICS:
+        for m in client.get_metric_history(run_id, key):
+            by_step.setdefault(m.step, {})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """{'model': {'channels': [16, 32]}} -> {'model.channels': '[16, 32]'} (MLflow params are flat)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit(directory: Path) -> str:
+    """HEAD of the checkout (with '-dirty' when it has uncommitted changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

@@ -1,0 +1,192 @@
+"""The run's Lightning callbacks. conf/callbacks/ names the optional ones (the checkpoints, the loss
+guard, the weight average, the progress bar); train() adds the two every run needs (a stop signal's
+checkpoint and what a checkpoint carries besides the weights: RunState).
+
+- FiniteLossGuard: each step's training loss is copied into a small buffer on the device (one copy,
+  no host sync); every `check_every` steps, before each validation (so before the epoch's
+  checkpoints) and at the epoch's end the guard looks at the buffer once, and stops the run with
+  NonFiniteLoss naming the first step whose loss was NaN or inf and the likely cause.
+- StopOnSignal: SIGTERM or SIGINT (a cluster's pre-emption, `kill`, Ctrl+C) raises RunInterrupted
+  where the program is; a checkpoint of the moment is saved (interrupted.ckpt) and train() marks the
+  run KILLED. last.ckpt (end of the last whole epoch) is what `resume=` continues from.
+"""
+
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
+from omegaconf import DictConfig
+
+from fmnist_exp.errors import UserError
+
+
+def from_config(node: DictConfig, progress_bar: bool) -> list[Callback]:
+    """The `callbacks` group, instantiated; entries set to null (or a factory that returns None,
+    such as an EMA switched off) are left out, and so are progress bars under
+    trainer.enable_progress_bar=false."""
+    built = [instantiate(spec) for spec in node.values() if spec is not None]
+    return [c for c in built if c is not None and (progress_bar or not isinstance(c, ProgressBar))]
+
+
+class NonFiniteLoss(UserError):
+    """The training loss stopped being a finite number."""
+
+
+class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an Exception
+    """A stop signal arrived; not an Exception, so nothing on the way swallows it."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+        self.resumable = True  # train() says False when no last.ckpt exists to continue from
+
+
+class FiniteLossGuard(L.Callback):
+    def __init__(self, check_every: int = 25):
+        self.check_every = check_every
+        self.losses: torch.Tensor | None = None  # the losses since the last look, on the device
+        self.steps: list[int] = []  # their optimizer steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self.losses is None:
+            self.losses = torch.empty(self.check_every, device=loss.device)
+        self.losses[len(self.steps)] = loss.detach()
+        self.steps.append(trainer.global_step)  # the optimizer step this loss produced
+        if len(self.steps) == self.check_every:
+            self._check(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module):  # before the epoch's checkpoints are written
+        self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._check(trainer, pl_module)
+
+    def _check(self, trainer, pl_module) -> None:
+        steps, self.steps = self.steps, []
+        if not steps:
+            return
+        finite = torch.isfinite(self.losses[: len(steps)])
+        if bool(finite.all()):  # the one host sync per check_every steps
+            return
+        step = steps[int((~finite).nonzero()[0])]
+        optimizer = pl_module.hparams.optimizer
+        raise NonFiniteLoss(
+            f"The training loss became NaN or infinite at optimizer step {step} (epoch "
+            f"{trainer.current_epoch}), so the run stopped. The usual cause is a learning rate too high "
+            f"for this model and optimiser (optimizer.lr={optimizer.get('lr')}, "
+            f"{optimizer['_target_'].rsplit('.', 1)[-1]}): lower it (e.g. by 10x), or add warm-up "
+            f"(scheduler.warmup_steps) or weight decay. Checkpoints up to the last good epoch are kept."
+        )
+
+
+class StopOnSignal(L.Callback):
+    """Handlers installed while the MLflow run lives (tracking/run.py enters it); the old handlers
+    come back afterwards."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpoint_dir: Path):
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.received: str | None = None
+        self.saved: Path | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python only lets the main thread handle signals
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:  # a second signal while shutting down: let the first finish
+            return
+        self.received = signal.Signals(signum).name
+        raise RunInterrupted(self.received)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, RunInterrupted) and trainer.global_step > 0:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            self.saved = self.checkpoint_dir / "interrupted.ckpt"
+            trainer.save_checkpoint(self.saved)
+
+
+class MovingAverage(EMAWeightAveraging):
+    """Lightning's EMAWeightAveraging, except that outside fit the checkpoint's weights (the
+    average) stay in the model. Lightning 2.6 restores callbacks for trainer.test(ckpt_path="best")
+    too, and the stock callback, still holding its average from fit, would load the checkpoint's
+    raw weights (`current_model_state`) back into the model: the test would measure those."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # resume=: the raw weights and the average
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def moving_average(decay: float | None) -> MovingAverage | None:
+    """callbacks.ema: the average for a decay in (0, 1), None when off. It validates on the
+    average (so the best checkpoint is picked on it), saves it as the checkpoint's weights (test,
+    the logged model, predict and serve use it) and keeps the raw weights and the average's state in
+    the checkpoint for resume=."""
+    return None if decay is None else MovingAverage(decay=float(decay))
+
+
+def numpy_state_as_tensors() -> tuple:
+    """np.random.get_state() with its key array as a tensor: checkpoints load with weights_only."""
+    name, key, *rest = np.random.get_state()
+    return (name, torch.from_numpy(key.copy()), *rest)
+
+
+class RunState(L.Callback):
+    """What every checkpoint carries besides the weights, so that a resumed run goes on as if it
+    had never stopped: the MLflow run id, the training seconds so far (a resumed run's `time/fit_s`
+    is the whole training, not its last leg) and the global random states (python, numpy, torch,
+    CUDA: dropout then draws what it would have drawn). The batch order and augmentation come from
+    their own per-epoch seed (data/datamodule.py). A leg counts up to its last checkpoint: the work
+    a kill threw away after it was not needed for the result."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None  # set once the MLflow run exists
+        self.earlier_legs = 0.0  # seconds, from the checkpoint this leg resumed from
+        self.leg_started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.earlier_legs + time.perf_counter() - self.leg_started
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.leg_started = time.perf_counter()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["mlflow_run_id"] = self.run_id
+        checkpoint["fit_seconds"] = self.seconds()
+        checkpoint["random_states"] = {
+            "python": random.getstate(),
+            "numpy": numpy_state_as_tensors(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # not the best checkpoint that test() loads
+            return
+        self.earlier_legs = float(checkpoint["fit_seconds"])
+        states = checkpoint["random_states"]
+        random.setstate(states["python"])
+        name, key, *rest = states["numpy"]
+        np.random.set_state((name, key.numpy(), *rest))
+        torch.set_rng_state(states["torch"])
+        if torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
