@@ -72,10 +72,7 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
         ("model.channels=16.0", "model.channels=16.0 must be a positive int"),
         ("model.kernel_size=true", "model.kernel_size=True must be a positive int"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no limit) leaves the learning-rate"),
-        (
-            "trainer.max_epochs=-5",
-            "`max_epochs` must be a non-negative integer or -1. You passed in -5",
-        ),
+        ("trainer.max_epochs=-5", "trainer.max_epochs=-5 must be a whole number of passes"),
     ],
 )
 def test_bad_input_is_one_paragraph_and_leaves_no_run(
@@ -91,6 +88,11 @@ def assert_one_paragraph_error(done, expected: str) -> None:
     assert "Traceback" not in done.stderr
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and expected in error_lines[0], done.stderr[-2000:]
+
+
+def test_a_command_line_hydra_refuses_exits_2_like_any_bad_input(run_main):
+    done = run_main("colour=blue")
+    assert done.returncode == 2 and "Key 'colour' is not in struct" in done.stderr
 
 
 @pytest.mark.slow

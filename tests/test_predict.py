@@ -81,11 +81,13 @@ def test_every_model_uri_kind_gives_the_same_probabilities(trained_model, real_d
 
 
 def test_register_command_adds_a_version(trained_model, capsys):
-    registered = register.run(
+    code = register.main(
         ["model_uri=best", "name=fmnist", f"tracking_uri={trained_model['tracking_uri']}"]
     )
-    assert registered == "models:/fmnist/2"  # version 1 came from training
-    assert "registered runs:/" in capsys.readouterr().out
+    assert code == 0
+    assert " as models:/fmnist/2" in capsys.readouterr().out  # version 1 came from training
+    assert register.main([f"tracking_uri={trained_model['tracking_uri']}"]) == 2  # no name=
+    assert "register: name= is required" in capsys.readouterr().err
 
 
 def test_csv_and_idx_inputs_carry_their_labels(tmp_path, real_data, real_data_dir):
@@ -136,8 +138,6 @@ def test_bad_inputs_and_model_uris_are_clear(tmp_path, trained_model):
         inference.load("nonsense", store)
     with pytest.raises(UserError, match="no finished run"):
         inference.load("best", f"sqlite:///{tmp_path / 'empty.db'}")
-    assert predict.main(["inputs=", f"tracking_uri={store}"]) == 2
-    assert predict.main(["colour=blue"]) == 2
 
 
 def test_one_unreadable_picture_is_named_and_the_rest_are_labelled(tmp_path, trained_model,
@@ -192,3 +192,51 @@ def test_checkpoints_that_are_not_ours_are_refused(tmp_path, trained_model):
     for path in (truncated, other_module, evil):
         with pytest.raises(UserError, match=f"{path.name}: not a checkpoint"):
             inference.load(str(path), store)
+
+
+def test_eval_gives_the_test_accuracy_the_run_logged(trained_model, capsys):
+    """`python -m fmnist_exp.eval` on the logged model, the registry version and the checkpoint:
+    the figure the run logged (the same 10,000 images, the same network), to the image."""
+    from fmnist_exp import eval as evaluation
+
+    store = trained_model["tracking_uri"]
+    for uri in (f"runs:/{trained_model['run_id']}/model", "models:/fmnist/1",
+                str(trained_model["checkpoint"])):  # fmt: skip
+        assert evaluation.main([f"model_uri={uri}", f"tracking_uri={store}"]) == 0
+        out = capsys.readouterr().out
+        measured = float(out.split("test/acc=")[1].split()[0])
+        assert f"on 10000 test images  (its run logged test/acc={measured:.4f})" in out
+        assert abs(measured - trained_model["test_acc"]) < 1e-4, out
+
+
+@pytest.mark.parametrize(
+    "app, args, said",
+    [
+        ("predict", ["colour=blue"], "Key 'colour' is not in struct"),
+        ("predict", ["inputs="], "predict: inputs='': give the pictures"),
+        ("predict", ["inputs=/nonexistent/photos"], "predict: inputs: /nonexistent/photos does not exist"),
+        ("predict", ["inputs=.", "show=-1"], "predict: show=-1 must be a whole number >= 0"),
+        ("eval", ["model_uri=nonsense"], "model_uri=nonsense: not a model URI and no such file"),
+        ("eval", ["data.split=other"], "data.split='other' is not one of"),
+        ("report", ["partial=maybe"], "report: partial='maybe' must be true or false"),
+        ("register", ["name=fmnist", "model_uri=x.ckpt"], "must be best or runs:/<run_id>/model"),
+    ],
+)  # fmt: skip
+def test_every_app_refuses_bad_options_in_one_paragraph(app, args, said, tmp_path, capsys):
+    import importlib
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    main = importlib.import_module(f"fmnist_exp.{app}").main
+    assert main([*args, f"tracking_uri={store}"]) == 2
+    err = capsys.readouterr().err
+    assert said in " ".join(err.split()) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("app", ["predict", "serve", "report", "register", "eval"])
+def test_every_app_has_help_with_its_options(app, capsys):
+    import importlib
+
+    assert importlib.import_module(f"fmnist_exp.{app}").main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"python -m fmnist_exp.{app}")  # the header names the app
+    assert "tracking_uri: ${fmnist.tracking_uri:}  # $MLFLOW_TRACKING_URI" in out

@@ -23,9 +23,14 @@ for noise in (
     warnings.filterwarnings("ignore", message=noise)
 
 
+_jobs_started = 0  # a SystemExit before the first job is Hydra refusing the command line
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float:
-    """Returns the best validation accuracy: the objective for Hydra sweepers."""
+def run(cfg: DictConfig) -> float:
+    """One job; returns the best validation accuracy: the objective for Hydra sweepers."""
+    global _jobs_started
+    _jobs_started += 1
     # heavy imports only once Hydra has parsed the command line
     from fmnist_exp.tracking import sweep
     from fmnist_exp.train import train
@@ -54,6 +59,19 @@ def main(cfg: DictConfig) -> float:
             raise
         print(f"error: {one_paragraph(cause)}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """`python -m fmnist_exp` (and the `fmnist-exp` script). A command line Hydra refuses (an
+    unknown key, an ambiguous value) is bad input, exit 2, as in every app (app.py)."""
+    global _jobs_started
+    _jobs_started = 0
+    try:
+        run()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _jobs_started:
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

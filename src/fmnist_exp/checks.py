@@ -172,3 +172,48 @@ def check_trainer(cfg: DictConfig) -> None:
         "to run over: give trainer.max_epochs a number of epochs, or train without one "
         "(scheduler=none).",
     )
+
+
+# The apps around training (conf/<app>.yaml): each value checked before a model or store is opened.
+
+
+def check_whole(app: str, key: str, value, minimum: int, maximum: int | None = None) -> int:
+    """`key=value` as a whole number in [minimum, maximum], else a ConfigError naming the key."""
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+    _rule(
+        is_whole(value, minimum) and (maximum is None or value <= maximum),
+        f"{app}: {key}={value!r} must be a whole number {bound}.",
+    )
+    return value
+
+
+def check_predict(cfg: DictConfig) -> list[Path]:
+    """predict's options; returns the input paths, each one there."""
+    example = "e.g. inputs=photos/ or inputs=[photos/,more.csv]"
+    inputs = cfg.inputs
+    paths = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    _rule(
+        bool(paths) and all(isinstance(p, str) and p for p in paths),
+        f"predict: inputs={inputs!r}: give the pictures, CSV or IDX files, or folders to label, "
+        f"{example}.",
+    )
+    check_whole("predict", "batch_size", cfg.batch_size, 1)
+    check_whole("predict", "show", cfg.show, 0)
+    for path in map(Path, paths):  # before the model loads: a typo costs no wait
+        _rule(path.exists(), f"predict: inputs: {path} does not exist ({example}).")
+    return [Path(p) for p in paths]
+
+
+def check_serve(cfg: DictConfig) -> None:
+    check_whole("serve", "port", cfg.port, 1, 65535)
+    check_whole("serve", "max_batch", cfg.max_batch, 1)
+    megabytes = cfg.max_upload_mb
+    _rule(
+        is_number(megabytes) and 0 < megabytes < float("inf"),
+        f"serve: max_upload_mb={megabytes!r} must be a number of megabytes > 0 (the largest "
+        f"picture a request may send), e.g. max_upload_mb=5.",
+    )
+
+
+def check_flag(app: str, key: str, value) -> None:
+    _rule(isinstance(value, bool), f"{app}: {key}={value!r} must be true or false.")

@@ -1,4 +1,4 @@
-"""`python -m fmnist_exp.predict model_uri=best inputs=photos/ [out=preds.csv]`
+"""`python -m fmnist_exp.predict inputs=photos/ [model_uri=best] [out=preds.csv]` (options: conf/predict.yaml)
 
 Runs a trained model on new images (see inputs.py for the formats, pictures.py for the picture
 rule, and inference.py for model_uri). Prints one line per image (input, class, probability, top 3)
@@ -15,22 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 
-from fmnist_exp import cli, inference
+from fmnist_exp import checks, inference
+from fmnist_exp.app import hydra_app
 from fmnist_exp.data.inputs import read_inputs
-from fmnist_exp.errors import UserError
-from fmnist_exp.paths import default_tracking_uri
-
-OPTIONS = {
-    "model_uri": "best",  # best | runs:/<id>/model | models:/<name>/<version> | a .ckpt path
-    "inputs": "",  # files or folders, comma-separated: pictures, CSVs, IDX image files
-    "out": "",  # write the table here as CSV
-    "experiment": "fashion-mnist",  # where model_uri=best looks
-    "tracking_uri": "",  # default: $MLFLOW_TRACKING_URI, else the project's sqlite store
-    "batch_size": "1000",  # images per forward pass
-    "show": "20",  # rows to print (all go to out=)
-}
-EXAMPLE = "model_uri=best inputs=photos/,more.csv out=preds.csv"
 
 
 def predict_table(model: inference.LoadedModel, names, images: np.ndarray, labels, batch_size: int):
@@ -60,31 +49,21 @@ def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
     return float((known.label == known.true_label).mean()), len(known)
 
 
-def run(argv: list[str]) -> int:
-    options = cli.parse("predict", argv, OPTIONS, EXAMPLE)
-    if not options["inputs"]:
-        raise UserError(
-            f"predict: inputs= is required (files or folders, comma-separated), e.g. {EXAMPLE}."
-        )
-    batch_size = cli.whole_number("predict", "batch_size", options["batch_size"], minimum=1)
-    show = cli.whole_number("predict", "show", options["show"], minimum=0)
-    paths = [Path(p) for p in options["inputs"].split(",") if p]
-    for path in paths:  # before the model loads: a typo costs no wait
-        if not path.exists():
-            raise UserError(f"predict: inputs: {path} does not exist.")
-    uri = options["tracking_uri"] or default_tracking_uri()
-    model = inference.load(options["model_uri"], uri, options["experiment"])
+def run(cfg: DictConfig) -> int:
+    paths = checks.check_predict(cfg)
+    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment)
     found = read_inputs(paths, model.class_names)
-    table = predict_table(model, found.names, found.images, found.labels, batch_size)
+    table = predict_table(model, found.names, found.images, found.labels, cfg.batch_size)
+    show = cfg.show
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
         print(table.head(show).to_string(index=False))
     if len(table) > show:
-        print(f"... {len(table) - show} more rows" + (" (all in out=)" if options["out"] else ""))
+        print(f"... {len(table) - show} more rows" + (" (all in out=)" if cfg.out else ""))
     if (acc := accuracy(table)) is not None:
         print(f"accuracy {acc[0]:.4f} on {acc[1]} labelled inputs")
     print(f"model {model.uri}")
-    if options["out"]:
-        out = Path(options["out"])
+    if cfg.out:
+        out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
         print(f"wrote {out} ({len(table)} rows)")
@@ -96,9 +75,7 @@ def run(argv: list[str]) -> int:
     return 1 if found.failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.run(run, argv)
-
+main = hydra_app("predict", run)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`python -m fmnist_exp.report [sweep=ID|latest] [experiment=NAME] [filter=EXPR] [out=DIR] [partial=false]`
+"""`python -m fmnist_exp.report [sweep=ID|latest] [filter=EXPR] [out=DIR]` (options: conf/report.yaml)
 
 Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
 the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
@@ -8,7 +8,6 @@ artifacts of the sweep's parent run under report/. Partial runs (tag partial=tru
 on part of their test split) are no results and are left out unless partial=true.
 """
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -19,33 +18,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from fmnist_exp import cli  # noqa: E402
+from fmnist_exp import checks  # noqa: E402
+from fmnist_exp.app import hydra_app  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
-from fmnist_exp.paths import default_tracking_uri, project_root  # noqa: E402
+from fmnist_exp.paths import project_root  # noqa: E402
 from fmnist_exp.tracking import resume  # noqa: E402
 from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
-OPTIONS = {
-    "sweep": "latest",
-    "experiment": "fashion-mnist",
-    "filter": "",
-    "out": "",
-    "tracking_uri": "",
-    "partial": "false",  # true: also list partial runs (a smoke test's numbers, never ranked)
-}
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
            "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
 SEED_COLUMNS = ["model", "overrides", "params", "seeds", "test_acc_mean", "test_acc_std", "test_acc_min",
                 "test_acc_max", "reference_acc", "delta_pp", "epochs"]  # fmt: skip
 PERCENT = ("best_val_acc", "test_acc", "reference_acc", "test_acc_mean", "test_acc_min",
            "test_acc_max")  # fmt: skip
-
-
-def parse(argv: list[str]) -> dict[str, str]:
-    return cli.parse(
-        "report", argv, OPTIONS, "sweep=latest, filter=\"tags.model = 'lenet_bn'\", out=reports/"
-    )
 
 
 def select_runs(
@@ -253,14 +240,13 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def report(options: dict[str, str]) -> Path:
-    uri = options["tracking_uri"] or default_tracking_uri()
-    sweep = options["sweep"] if not (options["filter"] and options["sweep"] == "latest") else ""
-    runs, parent_id = select_runs(uri, options["experiment"], sweep, options["filter"])
-    if options["partial"] not in ("true", "false"):
-        raise UserError(f"report: partial={options['partial']!r} must be true or false.")
+def report(cfg: DictConfig) -> Path:
+    checks.check_flag("report", "partial", cfg.partial)
+    uri, where = cfg.tracking_uri, str(cfg.filter or "")
+    sweep = "" if cfg.sweep is None or (where and cfg.sweep == "latest") else str(cfg.sweep)
+    runs, parent_id = select_runs(uri, cfg.experiment, sweep, where)
     partial = runs.get("tags.partial", pd.Series("false", index=runs.index)) == "true"
-    if options["partial"] == "false" and partial.any():
+    if not cfg.partial and partial.any():
         print(f"left out {int(partial.sum())} partial run(s) (tested on part of the test split; "
               f"partial=true lists them)")  # fmt: skip
         runs = runs[~partial]
@@ -272,7 +258,7 @@ def report(options: dict[str, str]) -> Path:
             )
     table = build_table(runs)
     stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out = Path(options["out"] or project_root() / "outputs" / "reports" / stamp)
+    out = Path(cfg.out or project_root() / "outputs" / "reports" / stamp)
     out.mkdir(parents=True, exist_ok=True)
     seeds = fold_seeds(table, runs)
     for name, frame in (("table", table), ("seeds", seeds)):
@@ -293,9 +279,7 @@ def report(options: dict[str, str]) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.run(lambda args: report(parse(args)), argv)
-
+main = hydra_app("report", report)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`python -m fmnist_exp.serve model_uri=best host=127.0.0.1 port=8000` (or `make serve`): a web app.
+"""`python -m fmnist_exp.serve [model_uri=best] [port=8000]` (or `make serve`; options: conf/serve.yaml).
 
   GET  /               a page: choose or drop pictures -> the 28x28 the model sees + class probabilities
   POST /predict        multipart field `file` (PNG/JPEG, any size) -> {label, class_name, probabilities, image}
@@ -21,26 +21,17 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from omegaconf import DictConfig
 from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from fmnist_exp import cli, inference
+from fmnist_exp import checks, inference
+from fmnist_exp.app import hydra_app
 from fmnist_exp.data import pictures
-from fmnist_exp.errors import DataError, UserError
-from fmnist_exp.paths import default_tracking_uri
+from fmnist_exp.errors import DataError
 
 SIZE = pictures.SIZE
-
-OPTIONS = {
-    "model_uri": "best",  # best | runs:/<id>/model | models:/<name>/<version> | a .ckpt path
-    "host": "127.0.0.1",  # 0.0.0.0 to accept other machines
-    "port": "8000",
-    "experiment": "fashion-mnist",  # where model_uri=best looks
-    "tracking_uri": "",  # default: $MLFLOW_TRACKING_URI, else the project's sqlite store
-    "max_upload_mb": "5",  # larger requests get 413
-    "max_batch": "256",  # images per request, at most
-}
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -189,31 +180,18 @@ def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, ma
     return app
 
 
-def run(argv: list[str]) -> None:
+def run(cfg: DictConfig) -> int:
     import uvicorn
 
-    options = cli.parse("serve", argv, OPTIONS, "model_uri=best host=127.0.0.1 port=8000")
-    port = cli.whole_number("serve", "port", options["port"], minimum=1, maximum=65535)
-    max_batch = cli.whole_number("serve", "max_batch", options["max_batch"], minimum=1)
-    try:
-        max_mb = float(options["max_upload_mb"])
-    except ValueError:
-        max_mb = float("nan")
-    if not max_mb > 0 or max_mb == float("inf"):
-        raise UserError(
-            f"serve: max_upload_mb={options['max_upload_mb']!r} must be a number of megabytes > 0 "
-            f"(the largest picture a request may send), e.g. max_upload_mb=5."
-        )
-    uri = options["tracking_uri"] or default_tracking_uri()
-    model = inference.load(options["model_uri"], uri, options["experiment"])  # fails before binding
-    app = create_app(model, int(max_mb * (1 << 20)), max_batch)
-    print(f"serving {model.uri} on http://{options['host']}:{port}/")
-    uvicorn.run(app, host=options["host"], port=port, log_level="warning")
+    checks.check_serve(cfg)
+    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment)  # fails before binding
+    app = create_app(model, int(cfg.max_upload_mb * (1 << 20)), cfg.max_batch)
+    print(f"serving {model.uri} on http://{cfg.host}:{cfg.port}/")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.run(run, argv)
-
+main = hydra_app("serve", run)
 
 if __name__ == "__main__":
     raise SystemExit(main())

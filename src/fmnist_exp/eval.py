@@ -1,0 +1,99 @@
+"""`python -m fmnist_exp.eval [model_uri=best]` (options: conf/eval.yaml): a trained model's test
+accuracy, measured again.
+
+The model is loaded the way predict and serve load it (inference.py: a logged model, a registry
+version or a checkpoint) and scored on the test split of the data its run was tested on: the run's
+logged data.split and data.split_seed (and its data.data_dir, unless data.data_dir is given) win
+over the composed `data` config, so a run trained on the 80/10/10 split is tested on its own 10%.
+The run is found from the URI, the registry version, or the MLflow run id every checkpoint carries.
+For a run tested on its whole test split the figure is the test/acc it logged.
+"""
+
+from dataclasses import dataclass
+
+import mlflow
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_exp import checks, inference
+from fmnist_exp.app import hydra_app
+from fmnist_exp.errors import UserError
+
+FROM_THE_RUN = ("split", "split_seed")  # which images are the test split
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # share of test images whose most probable class is their label
+    n_images: int
+    model_uri: str
+    run: mlflow.entities.Run | None  # the run that trained the model, when it can be found
+
+
+def run_of(model_uri: str, tracking_uri: str) -> mlflow.entities.Run | None:
+    """The MLflow run behind a runs:/ or models:/ URI or a checkpoint, or None (a checkpoint of a
+    run whose store is elsewhere)."""
+    client = mlflow.MlflowClient(tracking_uri)
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri.split("/")[1]
+    elif model_uri.startswith("models:/"):
+        name, version = model_uri.removeprefix("models:/").split("/")[:2]
+        run_id = client.get_model_version(name, version).run_id
+    else:
+        checkpoint = torch.load(model_uri, map_location="cpu", weights_only=True)
+        run_id = checkpoint.get("mlflow_run_id")
+    try:
+        return client.get_run(run_id) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch.Tensor, ...]:
+    """(uint8 images [N, 1, 28, 28], labels [N], class names) of the run's test split."""
+    data = OmegaConf.to_container(data, resolve=True)
+    params = run.data.params if run else {}
+    for key in FROM_THE_RUN:
+        if f"data.{key}" in params:
+            data[key] = type(data[key])(params[f"data.{key}"])
+    if data["data_dir"] is None and params.get("data.data_dir", "None") != "None":
+        data["data_dir"] = params["data.data_dir"]
+    checks.check_data(data)
+    datamodule = instantiate(data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return (*datamodule.test, datamodule.class_names)
+
+
+def evaluate(cfg: DictConfig) -> Evaluation:
+    checks.check_data(OmegaConf.to_container(cfg.data, resolve=True))  # before the model loads
+    model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment)
+    run = run_of(model.uri, cfg.tracking_uri)
+    images, labels, class_names = test_split(cfg.data, run)
+    if tuple(class_names) != tuple(model.class_names):
+        raise UserError(
+            f"eval: the model's classes ({', '.join(model.class_names)}) are not the data's "
+            f"({', '.join(class_names)}): point data.data_dir at the data its run trained on."
+        )
+    batch = cfg.data.eval_batch_size
+    correct = sum(
+        int((model.probabilities(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
+        for i in range(0, len(labels), batch)
+    )
+    return Evaluation(correct / len(labels), len(labels), model.uri, run)
+
+
+def run(cfg: DictConfig) -> int:
+    found = evaluate(cfg)
+    logged = found.run.data.metrics.get("test/acc") if found.run else None
+    said = f"  (its run logged test/acc={logged:.4f})" if logged is not None else ""
+    print(
+        f"test/acc={found.accuracy:.4f} on {found.n_images} test images{said}\nmodel {found.model_uri}"
+    )
+    return 0
+
+
+main = hydra_app("eval", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
