@@ -1,10 +1,16 @@
-# fmnist-exp. On a fresh machine: `make train` (the main job) or `make test` (the suite);
-# both run `make setup` first, which is idempotent.
+# fmnist-exp. On a fresh machine: `make train` (the main job) or `make test` (the suite); both run
+# `make setup` first, which installs only what is missing or changed.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU wheel on this kind of machine. On a CUDA machine: make setup TORCH=torch
-TORCH  ?= torch==2.13.0
+# torch, installed before the locked packages. From PyPI it is the build your platform resolves (on
+# Linux x86_64 the CUDA build, several GB); TORCH_INDEX=cpu takes PyTorch's CPU-only wheels instead.
+# Giving either (make setup TORCH_INDEX=cpu) reinstalls torch in an existing .venv when it differs from
+# the choice recorded in .venv/.torch; later calls without them keep the recorded choice.
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_ARGS  := "$(TORCH)" $(if $(TORCH_INDEX),--index-url https://download.pytorch.org/whl/$(TORCH_INDEX))
+TORCH_GIVEN := $(filter-out file,$(origin TORCH) $(origin TORCH_INDEX))
 PORT   ?= 5000
 STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 ARGS   ?=
@@ -12,32 +18,41 @@ ARGS   ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data browser train test lint report ui serve predict bench screenshot tracking-server mlflow-serve clean distclean
+.PHONY: help setup data test-deps browser postgres train test lint lock report ui serve predict eval bench screenshot tracking-server mlflow-serve clean distclean FORCE
 
 help:  ## list the targets
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed data browser postgres  ## .venv + the package (editable, dev/optuna/server extras) + dataset + chromium + postgresql
+setup: $(VENV)/.installed data  ## .venv with torch, the locked packages and this package (editable) + the dataset
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,optuna,server]"
+# torch first, so the locked packages find it; the file records which torch was asked for.
+$(VENV)/.torch: FORCE
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ ! -f $@ ] || { [ -n "$(TORCH_GIVEN)" ] && [ "$$(cat $@)" != '$(TORCH_ARGS)' ]; }; then \
+	  echo 'Installing $(TORCH_ARGS) ...'; \
+	  $(PY) -m pip install -q --force-reinstall $(TORCH_ARGS) && echo '$(TORCH_ARGS)' > $@; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements.lock $(VENV)/.torch
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
 	@PY=$(PY) scripts/get_data.sh
 
-browser:  ## chromium + chromedriver from Debian, for the web app's browser test (skipped without them)
+test-deps: browser postgres  ## what only the tests need: a browser and PostgreSQL (each test skips, saying why, without it)
+
+browser:  ## chromium + chromedriver from Debian, for the web app's browser test
 	@scripts/apt_install.sh "the browser test" "command -v chromium && command -v chromedriver" chromium chromium-driver
 
-postgres:  ## Debian's postgresql, for the shared tracking server and its test (skipped without it)
+postgres:  ## Debian's postgresql, for the shared tracking server and its test
 	@scripts/apt_install.sh "the tracking-server test" "ls /usr/lib/postgresql/*/bin/initdb" postgresql
 
 train: setup  ## the main job: LeNet+BN on Fashion-MNIST, tracked in MLflow (ARGS="..." for overrides)
 	$(PY) -m fmnist_exp $(ARGS)
 
-test: setup  ## ruff, then the test suite on fast configs and the real dataset
+test: setup test-deps  ## ruff, then the test suite on fast configs and the real dataset
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
@@ -45,8 +60,17 @@ lint: $(VENV)/.installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-report: $(VENV)/.installed  ## table, seeds folded (mean +- std) and chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
+lock: $(VENV)/.installed  ## refresh requirements.lock: the newest versions pyproject.toml allows (pip-tools; torch apart)
+	$(PY) -m pip install -q pip-tools
+	$(PY) -m piptools compile -q --upgrade --strip-extras --extra dev --extra optuna --extra server \
+	  --unsafe-package torch --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(PY) scripts/lock_filter.py requirements.lock
+
+report: $(VENV)/.installed  ## tables, seeds folded (mean +- std) and chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
 	$(PY) -m fmnist_exp.report $(ARGS)
+
+eval: $(VENV)/.installed  ## a model's test accuracy, measured again (ARGS="model_uri=runs:/<id>/model")
+	$(PY) -m fmnist_exp.eval $(ARGS)
 
 serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run (ARGS="model_uri=... port=...")
 	$(PY) -m fmnist_exp.serve $(ARGS)
@@ -57,11 +81,11 @@ predict: $(VENV)/.installed  ## classify images: make predict ARGS="inputs=photo
 bench: setup  ## plain PyTorch loop vs bare Lightning vs the framework: s/epoch and ratios (ARGS="--device cuda --record ...")
 	$(PY) scripts/benchmark.py $(ARGS)
 
-screenshot: setup  ## docs/serve_page.png, taken by the browser test
+screenshot: setup browser  ## docs/serve_page.png, taken by the browser test
 	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser
 
 # PORT's default (5000) is the UI's; the tracking server's own default is 5001 unless PORT is given.
-tracking-server: $(VENV)/.installed  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
+tracking-server: $(VENV)/.installed postgres  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
 	PY=$(PY) PORT=$(if $(filter file,$(origin PORT)),5001,$(PORT)) scripts/tracking_server.sh start
 
 # `mlflow models serve` runs `uvicorn` by name from PATH: the venv's bin/ goes first, activated or not.
@@ -70,8 +94,8 @@ mlflow-serve: $(VENV)/.installed  ## MLflow's own server for a logged model: mak
 	MLFLOW_TRACKING_URI="$(STORE)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m mlflow models serve \
 	  -m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(if $(filter file,$(origin PORT)),5002,$(PORT))
 
-ui:  ## MLflow UI on http://127.0.0.1:5000 (PORT=...) over the project's store
-	$(PY) -m mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(PORT)
+ui: $(VENV)/.installed  ## MLflow UI on http://127.0.0.1:5000 (PORT=...): prints the address of the runs table, best test/acc first
+	$(PY) -m fmnist_exp.ui port=$(PORT) $(ARGS)
 
 clean:  ## caches and build files (never runs, checkpoints or the tracking DB)
 	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info

@@ -10,4 +10,4 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   $PY -m fmnist_exp.fetch_data && exit 0
 fi
 echo "Downloading Fashion-MNIST into data/fashion-mnist ..."
-exec $PY -m fmnist_exp.fetch_data --download
+exec $PY -m fmnist_exp.fetch_data data.download=true

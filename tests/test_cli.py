@@ -29,7 +29,7 @@ def test_train_command_prints_the_summary(tmp_path, real_data_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = next(line for line in done.stdout.splitlines() if line.startswith("run "))
     assert "test/acc=" in summary and "params=44,470" in summary and "wall=" in summary
-    assert "mlflow ui --backend-store-uri" in done.stdout
+    assert "compare runs: make ui  (or: python -m fmnist_exp.ui)" in done.stdout
     (run,) = runs_in(f"sqlite:///{tmp_path}/mlflow.db")
     assert run.info.status == "FINISHED" and run.data.tags["overrides"].startswith("model=lenet_bn")
     assert (tmp_path / "run" / "checkpoints").is_dir()

@@ -272,3 +272,14 @@ def test_readers_never_modify_the_files(idx_copy):
         after[k] == before[k] for k in before if "t10k-labels" not in k
     )
     assert np.frombuffer(after["t10k-labels-idx1-ubyte.gz"], np.uint8).tobytes() == b"garbage"
+
+
+def test_fetch_data_says_where_the_data_is(real_data_dir, tmp_path, capsys):
+    """`make setup`'s data step (scripts/get_data.sh): found, or one paragraph and exit 2."""
+    from fmnist_exp import fetch_data
+
+    assert fetch_data.main([f"data.data_dir={real_data_dir}"]) == 0
+    assert f"Fashion-MNIST (idx) in {real_data_dir}" in capsys.readouterr().out
+    assert fetch_data.main([f"data.data_dir={tmp_path / 'empty'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "empty") in err and "Traceback" not in err

@@ -70,11 +70,23 @@ def test_a_student_taught_only_by_its_teacher_learns(make_config, trained_model,
 @pytest.mark.parametrize(
     "overrides, names",
     [
-        (["module.distill.teachers=[0123456789abcdef0123456789abcdef]"], "no run '0123456789abcdef"),
-        (["module.distill.teachers=[{run_id}]", "data=fashion_mnist_80_10_10"], "data.split=official"),
+        (
+            ["module.distill.teachers=[0123456789abcdef0123456789abcdef]"],
+            "no run '0123456789abcdef",
+        ),
+        (
+            ["module.distill.teachers=[{run_id}]", "data=fashion_mnist_80_10_10"],
+            "data.split=official",
+        ),
         (["module.distill.teachers=[{run_id}]", "data.val_size=6000"], "data.val_size=5000"),
-        (["module.distill.teachers=[{run_id}]", "module.distill.weight=2"], "module.distill.weight=2"),
-        (["module.distill.teachers=[{run_id}]", "module.distill.temperature=0"], "module.distill.temperature=0"),
+        (
+            ["module.distill.teachers=[{run_id}]", "module.distill.weight=2"],
+            "module.distill.weight=2",
+        ),
+        (
+            ["module.distill.teachers=[{run_id}]", "module.distill.temperature=0"],
+            "module.distill.temperature=0",
+        ),
     ],
     ids=["unknown-run", "other-split", "smaller-val", "weight", "temperature"],
 )

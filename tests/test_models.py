@@ -152,7 +152,9 @@ def test_every_experiment_composes_and_builds(make_config, experiment):
     cfg = make_config(f"experiment={experiment}")
     total, _ = count_parameters(build(cfg).net)
     if experiment.startswith(("blog_", "recipe_")):  # a recipe keeps its blog row's network
-        assert (total, cfg.logger.tags.reference_acc) == BLOG_ROWS[experiment.replace("recipe_", "blog_")]
+        assert (total, cfg.logger.tags.reference_acc) == BLOG_ROWS[
+            experiment.replace("recipe_", "blog_")
+        ]
     elif experiment == "best":  # the flagship: under 1M parameters
         assert total == 926_578 and cfg.model._target_.endswith("ResidualCNN")
     else:  # Deep Learning Studio: 80/10/10 of 70k, batch 512, 100 epochs, plain cross-entropy
@@ -194,9 +196,7 @@ def test_an_option_the_model_does_not_have_names_the_key_and_the_options():
     with pytest.raises(
         ConfigError, match="model.feature_dropout is not an option of MLP; its options are hidden"
     ):
-        build_network(
-            {"_target_": "fmnist_exp.models.MLP", "feature_dropout": 0.2}
-        )
+        build_network({"_target_": "fmnist_exp.models.MLP", "feature_dropout": 0.2})
 
 
 def test_flip_tta_averages_an_image_and_its_mirror_at_evaluation_only():

@@ -1,5 +1,6 @@
 """The web app (FastAPI's test client, a real uvicorn, a real browser) and `mlflow models serve`."""
 
+import contextlib
 import io
 import os
 import shutil
@@ -285,3 +286,33 @@ def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tm
         assert driver.save_screenshot(str(shot))
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_the_ui_opens_on_the_runs_table_and_runs_light(trained_model):
+    """`make ui` (python -m fmnist_exp.ui): the printed address names the experiment's runs table in
+    the machine-learning view, sorted by test/acc; the server is one worker without MLflow's GenAI
+    job runners (two processes in all: the CLI and its uvicorn worker)."""
+    import mlflow
+
+    from fmnist_exp.tracking.sweep import processes_under
+
+    port = free_port()
+    command = [sys.executable, "-m", "fmnist_exp.ui", f"port={port}"]
+    process = start_server(
+        command, f"http://127.0.0.1:{port}/health", trained_model["tracking_uri"]
+    )
+    try:
+        client = mlflow.MlflowClient(trained_model["tracking_uri"])
+        experiment = client.get_experiment_by_name("fashion-mnist")
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert len(processes_under(process.pid)) == 1  # one uvicorn worker, no job runners
+        assert requests.get(f"http://127.0.0.1:{port}/").status_code == 200
+    finally:
+        for pid in [*processes_under(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        out = process.communicate(timeout=30)[0]
+    address = (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?"
+               "workflowType=machine_learning&orderByKey=metrics.%60test%2Facc%60&orderByAsc=false")  # fmt: skip
+    assert address in out

@@ -222,7 +222,9 @@ def test_ema_validates_tests_and_saves_the_average_of_the_steps(make_config):
         def on_test_start(self, trainer, pl_module):
             tested.update(weights(pl_module))
 
-    cfg = make_config("callbacks.ema.decay=0.6", "trainer.limit_train_batches=4", "logger.log_model=false")
+    cfg = make_config(
+        "callbacks.ema.decay=0.6", "trainer.limit_train_batches=4", "logger.log_model=false"
+    )
     train(cfg, extra_callbacks=[EveryStep()])
     (best,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch*.ckpt")
     saved = torch.load(best, weights_only=False)
@@ -270,7 +272,9 @@ def test_train_alone_sets_the_runs_status_once(make_config, monkeypatch, stop):
 
 @pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, "high", "true"])
 def test_an_ema_decay_outside_0_1_names_the_key(make_config, decay):
-    with pytest.raises(ConfigError, match=r"callbacks\.ema\.decay=.* must be a number between 0 and 1"):
+    with pytest.raises(
+        ConfigError, match=r"callbacks\.ema\.decay=.* must be a number between 0 and 1"
+    ):
         checks.check_callbacks(make_config(f"callbacks.ema.decay={decay}").callbacks)
     checks.check_callbacks(make_config("callbacks.ema.decay=null").callbacks)
     assert moving_average(None) is None

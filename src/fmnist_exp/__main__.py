@@ -5,6 +5,7 @@ one paragraph and exit code 2; anything else is a bug and keeps its traceback. I
 sweep a failed job is recorded and the sweep goes on; the sweep exits non-zero at the end.
 """
 
+import logging
 import signal
 import sys
 import warnings
@@ -37,6 +38,10 @@ def run(cfg: DictConfig) -> float:
     from fmnist_exp.training.callbacks import RunInterrupted
 
     register_resolvers()  # again: joblib and submitit workers unpickle this function without the module
+    # Lightning gives its logger a console handler when first imported (just above); Hydra's root
+    # handlers (the console and train.log) already print its records, so each line would show twice.
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
     try:
         return train(cfg)["val/acc_best"]
     except RunInterrupted as stopped:

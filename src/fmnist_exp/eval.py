@@ -85,8 +85,12 @@ def evaluate(cfg: DictConfig) -> Evaluation:
 
 def run(cfg: DictConfig) -> int:
     found = evaluate(cfg)
-    logged = found.run.data.metrics.get("test/acc") if found.run else None
-    said = f"  (its run logged test/acc={logged:.4f})" if logged is not None else ""
+    metrics = found.run.data.metrics if found.run else {}
+    said = ""
+    if "test/acc" in metrics:
+        scored = int(metrics.get("test/n_images", found.n_images))
+        part = "" if scored == found.n_images else f" on {scored} of them: a partial run"
+        said = f"  (its run logged test/acc={metrics['test/acc']:.4f}{part})"
     print(
         f"test/acc={found.accuracy:.4f} on {found.n_images} test images{said}\nmodel {found.model_uri}"
     )

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_exp.data.dataset import CLASS_NAMES
 from fmnist_exp.errors import UserError, one_paragraph
+from fmnist_exp.tracking import store
 from fmnist_exp.training.module import load_classifier
 
 URI_HELP = (
@@ -75,8 +76,9 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
     if model_uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking_uri)
         try:
-            module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-            names = logged_class_names(model_uri)
+            with store.no_progress_bars():
+                module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+                names = logged_class_names(model_uri)
         except (MlflowException, OSError) as exc:
             raise UserError(
                 f"model_uri={model_uri}: MLflow could not load it from {tracking_uri} "

@@ -217,4 +217,3 @@ def skipped(cfg: DictConfig, previous: Previous) -> dict[str, float]:
         client.set_tag(previous.run_id, sweep.REUSED_TAG.format(parent=parent), "true")
     print(f"skipped: this config already FINISHED as run {previous.run_id} (skip_finished=true)")
     return {k: metrics[k] for k in ("val/acc_best", "test/acc", "epochs") if k in metrics}
-

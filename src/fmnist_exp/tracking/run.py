@@ -41,6 +41,14 @@ class RunLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         pass  # (Lightning's also uploads checkpoints when log_model is set; we never set it)
 
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Lightning tags what it logs with the epoch; ours is all per epoch (training sums,
+        validation, test), so each value is recorded at step = its epoch: MLflow's charts then
+        plot the curves against epochs, and a resumed run's epochs line up with the first leg's."""
+        if "epoch" in metrics:
+            step = int(metrics["epoch"])
+        super().log_metrics(metrics, step)
+
 
 def describe(cfg: DictConfig) -> tuple[str, list[str]]:
     """(model config name, command-line overrides), from Hydra when it launched us."""
@@ -219,7 +227,7 @@ def summary(cfg: DictConfig, run_id: str, results: dict, model) -> str:
     partial = (f" (partial: {results['test/n_images']} of {results['n_test']} test images)"
                if results["partial"] else "")  # fmt: skip
     where = (uri if uri.startswith(("http://", "https://"))
-             else f"make ui  (or: mlflow ui --backend-store-uri {uri})")  # fmt: skip
+             else "make ui  (or: python -m fmnist_exp.ui)")  # fmt: skip
     return (
         f"run {run_id}  test/acc={results['test/acc']:.4f}{partial}  "
         f"params={count_parameters(model.net)[0]:,}  epochs={results['epochs']}  "

@@ -4,11 +4,13 @@ The store is always passed explicitly (MLflow 3 refuses the bare ./mlruns file s
 store the artifacts live beside the database file, so one folder (mlruns/) holds everything.
 """
 
+import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 import numpy as np
@@ -19,6 +21,8 @@ from fmnist_exp.errors import ConfigError, UserError
 
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores MLflow takes, beside sqlite
 SQLITE_HEADER = b"SQLite format 3\x00"
+# the experiment tag that makes MLflow 3's UI show an experiment's runs, not its GenAI overview
+MACHINE_LEARNING = ("mlflow.experimentKind", "custom_model_development")
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -129,7 +133,9 @@ def _ensure_experiment(tracking_uri: str, experiment: str) -> str:
         return found.experiment_id
     try:
         return client.create_experiment(
-            experiment, artifact_location=artifact_location(tracking_uri)
+            experiment,
+            artifact_location=artifact_location(tracking_uri),
+            tags=dict([MACHINE_LEARNING]),
         )
     except mlflow.exceptions.MlflowException:  # another process created it meanwhile
         return client.get_experiment_by_name(experiment).experiment_id
@@ -161,6 +167,14 @@ def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar for every artifact it copies, several for one model load; a
+    model is about a megabyte, so loads stay quiet."""
+    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+        yield
 
 
 def log_model(

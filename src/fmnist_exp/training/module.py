@@ -79,6 +79,8 @@ class Classifier(L.LightningModule):
             return MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
         self.val_acc, self.test_acc = accuracy(), accuracy()
+        # one raw image: Lightning's model summary measures each layer's FLOPs and sizes on it
+        self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

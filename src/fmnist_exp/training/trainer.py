@@ -1,5 +1,7 @@
 """The lightning.Trainer from the `trainer` group, with our checkpoint files (checkpoint_io.py)."""
 
+import logging
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -9,6 +11,16 @@ from omegaconf import DictConfig
 
 from fmnist_exp.errors import ConfigError, user_error
 from fmnist_exp.training.checkpoint_io import AtomicCheckpointIO
+
+
+class NoTips(logging.Filter):
+    """Lightning's "💡 Tip: try installing ..." lines advertise other products; they are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
 
 
 def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> L.Trainer:

@@ -1,0 +1,52 @@
+"""`python -m fmnist_exp.ui [port=5000]` (or `make ui`; options: conf/ui.yaml): the MLflow UI over the
+project's store, opening on the experiment's runs table, best test/acc first.
+
+MLflow 3 opens an experiment on its GenAI overview unless the address names the runs tab, and marks
+an experiment for machine learning by its `mlflow.experimentKind` tag: both are set here. The server
+runs light, for one user: `workers` processes (1) and MLflow's GenAI job runners off.
+"""
+
+import os
+import sys
+from urllib.parse import quote
+
+import mlflow
+from omegaconf import DictConfig
+
+from fmnist_exp import checks
+from fmnist_exp.app import hydra_app
+from fmnist_exp.tracking import store
+
+ORDER = (
+    "workflowType=machine_learning&orderByKey="
+    + quote("metrics.`test/acc`", safe="")
+    + "&orderByAsc=false"
+)
+
+
+def runs_address(base: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table, sorted by test/acc, best first."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{ORDER}"
+
+
+def run(cfg: DictConfig) -> int:
+    checks.check_whole("ui", "port", cfg.port, 1, 65535)
+    checks.check_whole("ui", "workers", cfg.workers, 1)
+    uri = cfg.tracking_uri
+    experiment_id = store.ensure_store(uri, cfg.experiment)
+    mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, *store.MACHINE_LEARNING)
+    if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
+        print(f"MLflow UI: {runs_address(uri, experiment_id)}")
+        return 0
+    print(f"MLflow UI: {runs_address(f'http://{cfg.host}:{cfg.port}', experiment_id)}", flush=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", str(cfg.host), "--port", str(cfg.port), "--workers", str(cfg.workers)]  # fmt: skip
+    os.execve(
+        sys.executable, command, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    )
+
+
+main = hydra_app("ui", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
