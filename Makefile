@@ -23,7 +23,7 @@ TEST_WORKERS ?= 2
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed data  ## .venv with torch, the locked packages and this package (editable) + the dataset
+setup: $(VENV)/.installed data  ## .venv with torch, the locked packages (requirements.lock) and this package, editable + the dataset
 
 # torch first, so the locked packages find it; the file records which torch was asked for.
 $(VENV)/.torch: FORCE
@@ -41,7 +41,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock $(VENV)/.torch
 data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnist, else download it
 	@PY=$(PY) scripts/get_data.sh
 
-test-deps: browser postgres  ## what only the tests need: a browser and PostgreSQL (each test skips, saying why, without it)
+test-deps: $(VENV)/.dev-installed browser postgres  ## what only the tests need: requirements-dev.lock, a browser, PostgreSQL
+
+# pytest, ruff, the Optuna sweeper and the PostgreSQL driver: the extras dev, optuna and server
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock
+	$(PY) -m pip install -q -r requirements-dev.lock
+	touch $@
 
 browser:  ## chromium + chromedriver from Debian, for the web app's browser test
 	@scripts/apt_install.sh "the browser test" "command -v chromium && command -v chromedriver" chromium chromium-driver
@@ -56,15 +61,17 @@ test: setup test-deps  ## ruff, then the test suite on fast configs and the real
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
-lint: $(VENV)/.installed  ## ruff check + format check
+lint: $(VENV)/.dev-installed  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-lock: $(VENV)/.installed  ## refresh requirements.lock: the newest versions pyproject.toml allows (pip-tools; torch apart)
+LOCK_ARGS := -q --upgrade --strip-extras --unsafe-package torch --no-emit-index-url --no-emit-find-links
+lock: $(VENV)/.installed  ## refresh requirements.lock and requirements-dev.lock: the newest versions pyproject.toml allows
 	$(PY) -m pip install -q pip-tools
-	$(PY) -m piptools compile -q --upgrade --strip-extras --extra dev --extra optuna --extra server \
-	  --unsafe-package torch --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
-	$(PY) scripts/lock_filter.py requirements.lock
+	$(PY) -m piptools compile $(LOCK_ARGS) -o requirements.lock pyproject.toml
+	$(PY) -m piptools compile $(LOCK_ARGS) --extra dev --extra optuna --extra server -c requirements.lock \
+	  -o requirements-dev.lock pyproject.toml
+	$(PY) scripts/lock_filter.py requirements.lock requirements-dev.lock
 
 report: $(VENV)/.installed  ## tables, seeds folded (mean +- std) and chart of the latest sweep (ARGS="sweep=<id> out=DIR ...")
 	$(PY) -m fmnist_exp.report $(ARGS)
@@ -85,7 +92,7 @@ screenshot: setup browser  ## docs/serve_page.png, taken by the browser test
 	FMNIST_SCREENSHOT=$(CURDIR)/docs/serve_page.png $(PY) -m pytest -q tests/test_serve.py -k browser
 
 # PORT's default (5000) is the UI's; the tracking server's own default is 5001 unless PORT is given.
-tracking-server: $(VENV)/.installed postgres  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
+tracking-server: $(VENV)/.dev-installed postgres  ## MLflow server on http://127.0.0.1:5001 backed by PostgreSQL (PORT=..., DIR=...)
 	PY=$(PY) PORT=$(if $(filter file,$(origin PORT)),5001,$(PORT)) scripts/tracking_server.sh start
 
 # `mlflow models serve` runs `uvicorn` by name from PATH: the venv's bin/ goes first, activated or not.

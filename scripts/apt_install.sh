@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Optional Debian packages for `make setup`: scripts/apt_install.sh "<what they are for>" <test> <pkg>...
+# Optional Debian packages for `make test-deps`: scripts/apt_install.sh "<what they are for>" <test> <pkg>...
 # Nothing to do when <test> (a shell command) succeeds; else apt-get install where it runs as root;
 # elsewhere a note, and the tests that need the packages skip with that reason.
 set -uo pipefail

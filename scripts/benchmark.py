@@ -285,7 +285,7 @@ def main(argv: list[str]) -> None:
                      "leaves none; give --epochs 2 or more.")  # fmt: skip
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU. On a GPU "
-                     "machine install a CUDA build (make setup TORCH=torch); here, leave --device "
+                     "machine install a CUDA build (make setup TORCH_INDEX=cu126); here, leave --device "
                      "out or give --device cpu.")  # fmt: skip
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

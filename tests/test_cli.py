@@ -108,7 +108,7 @@ def test_gpu_without_a_gpu_is_lightnings_clear_error(run_main, tmp_path, real_da
     assert_one_paragraph_error(done, "GPU")
     if torch.version.cuda is None:  # a CPU-only build: say so, whatever the machine has
         assert f"This torch ({torch.__version__}) is a CPU-only build" in done.stderr
-        assert "make setup TORCH=torch" in done.stderr
+        assert "make setup TORCH_INDEX=cu126" in done.stderr
 
 
 def test_unknown_config_option_lists_the_choices(run_main):

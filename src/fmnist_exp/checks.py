@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.data.augment import AUGMENTATIONS
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.paths import config_dir
 
 SPLITS = ("official", "random_80_10_10")  # data.split
 
@@ -59,8 +60,6 @@ def check_block(cfg: DictConfig, key: str) -> None:
 
 
 def _default_file(group: str) -> Path:
-    from fmnist_exp.paths import config_dir
-
     return config_dir() / group / ("fashion_mnist.yaml" if group == "data" else "default.yaml")
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fmnist_exp.checks import is_number, is_whole
 from fmnist_exp.errors import ConfigError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -23,9 +24,7 @@ def _activation(name: str) -> type[nn.Module]:
 def _pair(value: int | Sequence[int], key: str, double: bool) -> list[int]:
     """An int -> [v, 2v] (channels) or [v, v] (kernels); a list of two is taken as is."""
 
-    def whole(v) -> bool:  # True/False and 16.0 are not channel counts
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
+    whole = is_whole  # True/False and 16.0 are not channel counts
     if isinstance(value, (int, float, bool)):
         values = [value, value * 2 if double else value] if whole(value) else [value]
     else:
@@ -67,7 +66,7 @@ class Normalize(nn.Module):
 
 
 def _check_rate(rate: float, key: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+    if not is_number(rate) or not 0.0 <= rate < 1.0:
         raise ConfigError(f"{key}={rate!r} must be in [0, 1) (0 = no dropout).")
     return rate
 

@@ -5,10 +5,13 @@ in an installed wheel conf/ ships inside the package and the root is the current
 """
 
 import os
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+
+from fmnist_exp.errors import ConfigError, one_paragraph
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _CHECKOUT = PACKAGE_DIR.parents[1]  # src/fmnist_exp -> repo root, when run from a checkout
@@ -59,8 +62,6 @@ def register_resolvers() -> None:
 
 def check_writable(folder: Path, key: str = "hydra.run.dir") -> None:
     """A run's folder must take files before anything is recorded (ConfigError naming `key`)."""
-    from fmnist_exp.errors import ConfigError
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write_test"
@@ -85,10 +86,6 @@ class WritableOutputs(Callback):
 
     @staticmethod
     def _check(folder: Path, key: str) -> None:
-        import sys
-
-        from fmnist_exp.errors import ConfigError, one_paragraph
-
         try:
             check_writable(folder, key)
         except ConfigError as exc:

@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fmnist_exp.errors import UserError
+from fmnist_exp.tracking.store import sqlite_path
 
 _held: list = []  # open lock files of the run in progress; closing one releases its lock
 
 
 def claims_folder(tracking_uri: str, root: Path) -> Path:
     """Beside a sqlite store (every process on that store sees it), else under <root>/outputs/."""
-    from fmnist_exp.tracking.store import sqlite_path
-
     db = sqlite_path(tracking_uri)
     return (db.parent if db is not None else Path(root) / "outputs") / ".claims"
 

@@ -47,8 +47,9 @@ def gpu_hint_for_this_torch() -> str:
     if torch.version.cuda is None:
         return (
             f" This torch ({torch.__version__}) is a CPU-only build: it cannot use a GPU even where "
-            f"the machine has one. Install a CUDA build (`make setup TORCH=torch` on Linux, or the "
-            f"command from pytorch.org/get-started), or train on the CPU with trainer=cpu."
+            f"the machine has one. Install a CUDA build (`make setup TORCH_INDEX=cu126`, see "
+            f"docs/setup.md, or the command from pytorch.org/get-started), or train on the CPU "
+            f"with trainer=cpu."
         )
     return (
         f" This torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no GPU: check "
