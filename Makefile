@@ -13,12 +13,14 @@ TORCH_ARGS  := "$(TORCH)" $(if $(TORCH_INDEX),--index-url https://download.pytor
 TORCH_GIVEN := $(filter-out file,$(origin TORCH) $(origin TORCH_INDEX))
 PORT   ?= 5000
 STORE  := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
+# where hparams_search=optuna keeps its studies by default (beside the sqlite tracking store)
+SEARCH_STORE ?= sqlite:///$(CURDIR)/mlruns/optuna.db
 ARGS   ?=
 # pytest workers for `make test` (pytest-xdist); 0 runs the suite in one process
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data test-deps browser postgres train test lint lock report ui serve predict eval bench screenshot tracking-server mlflow-serve clean distclean FORCE
+.PHONY: help setup data test-deps browser postgres train test lint lock report ui dashboard serve predict eval bench screenshot tracking-server mlflow-serve clean distclean FORCE
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,7 +45,7 @@ data: $(VENV)/.installed  ## find the dataset, else apt-get dataset-fashion-mnis
 
 test-deps: $(VENV)/.dev-installed browser postgres  ## what only the tests need: requirements-dev.lock, a browser, PostgreSQL
 
-# pytest, ruff, the Optuna sweeper and the PostgreSQL driver: the extras dev, optuna and server
+# pytest, ruff, optuna-dashboard and the PostgreSQL driver: the extras dev, dashboard and server
 $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock
 	$(PY) -m pip install -q -r requirements-dev.lock
 	touch $@
@@ -69,7 +71,7 @@ LOCK_ARGS := -q --upgrade --strip-extras --unsafe-package torch --no-emit-index-
 lock: $(VENV)/.installed  ## refresh requirements.lock and requirements-dev.lock: the newest versions pyproject.toml allows
 	$(PY) -m pip install -q pip-tools
 	$(PY) -m piptools compile $(LOCK_ARGS) -o requirements.lock pyproject.toml
-	$(PY) -m piptools compile $(LOCK_ARGS) --extra dev --extra optuna --extra server -c requirements.lock \
+	$(PY) -m piptools compile $(LOCK_ARGS) --extra dev --extra dashboard --extra server -c requirements.lock \
 	  -o requirements-dev.lock pyproject.toml
 	$(PY) scripts/lock_filter.py requirements.lock requirements-dev.lock
 
@@ -103,6 +105,9 @@ mlflow-serve: $(VENV)/.installed  ## MLflow's own server for a logged model: mak
 
 ui: $(VENV)/.installed  ## MLflow UI on http://127.0.0.1:5000 (PORT=...): prints the address of the runs table, best test/acc first
 	$(PY) -m fmnist_exp.ui port=$(PORT) $(ARGS)
+
+dashboard: $(VENV)/.dev-installed  ## optuna-dashboard on http://127.0.0.1:8080 over the studies of hparams_search=optuna (PORT=...)
+	$(VENV)/bin/optuna-dashboard "$(SEARCH_STORE)" --host 127.0.0.1 --port $(if $(filter file,$(origin PORT)),8080,$(PORT))
 
 clean:  ## caches and build files (never runs, checkpoints or the tracking DB)
 	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info

@@ -3,7 +3,6 @@ submitit launchers, DDP and the channel sweep run in subprocesses; sweeps whose 
 sweep's own process (the basic launcher, also under Optuna's sweeper) need only the entry point and
 run in the test process (run_main), sparing a process start each."""
 
-import importlib.util
 from pathlib import Path
 
 import mlflow
@@ -256,12 +255,112 @@ def test_ddp_on_cpu_writes_one_run_once(tmp_path, real_data_dir):
     assert sum(1 for line in done.stdout.splitlines() if line.startswith("run ")) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                    reason="optional extra: pip install -e '.[optuna]'")  # fmt: skip
-def test_optuna_search_maximises_val_acc(run_main, tmp_path, real_data_dir):
-    done = run_main("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY,
-                   *store_args(tmp_path, real_data_dir))  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Best value:" in done.stdout + done.stderr
-    _, children = parent_and_children(tmp_path)
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+SEARCH = ["hparams_search=optuna", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0",
+          "hydra.sweeper.warmup_epochs=2", "trainer=fast", "trainer.max_epochs=3",
+          "++trainer.limit_train_batches=10", "++trainer.limit_val_batches=2",
+          "++trainer.limit_test_batches=1", "logger.log_model=false"]  # fmt: skip
+
+
+def search_space(lr: str) -> str:
+    """The whole space (the file's own keys replaced): the learning rate alone varies."""
+    return ("hydra.sweeper.params={optimizer.lr: '" + lr + "', data.batch_size: 'choice(64)', "
+            "model.channels: 'choice(6)', module.label_smoothing: 'choice(0.0)'}")  # fmt: skip
+
+
+def trials(tmp: Path) -> dict[int, object]:
+    """The search's MLflow runs by trial number."""
+    runs = runs_by_experiment(tmp)["fashion-mnist"]
+    return {int(r.data.tags["search.trial"]): r for r in runs if "search.trial" in r.data.tags}
+
+
+def test_a_search_continues_its_study_and_prunes_a_hopeless_trial(
+    run_main, tmp_path, real_data_dir
+):
+    """Two good trials, then the same command with a hopeless space (a learning rate that cannot
+    learn in three epochs): the study goes on at trial 2, and the median pruner stops it after the
+    warm-up epoch; its run is KILLED and tagged PRUNED, with its curves; the sweep succeeds."""
+    import optuna
+
+    args = [*SEARCH, *store_args(tmp_path, real_data_dir)]
+    first = run_main("--multirun", *args, "hydra.sweeper.n_trials=2",
+                     search_space("tag(log, interval(3e-3, 1e-2))"))  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_main("--multirun", *args, "hydra.sweeper.n_trials=3",
+                      search_space("tag(log, interval(1e-9, 1e-8))"),
+                      f"hydra.sweep.dir={tmp_path}/sweep2")  # fmt: skip
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "2 trials so far, 3 wanted" in second.stdout and "trial 2: PRUNED" in second.stdout
+    study = optuna.load_study(study_name="fmnist", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    by_trial = trials(tmp_path)
+    pruned = by_trial[2]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["search.state"] == "PRUNED"
+    assert "pruned after 2 epochs" in pruned.data.tags["search.pruned"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(client.get_metric_history(pruned.info.run_id, "val/acc")) == 2  # its curves, kept
+    assert all(by_trial[n].info.status == "FINISHED" for n in (0, 1))
+    parents = [r for r in runs_by_experiment(tmp_path)["fashion-mnist"]
+               if r.data.tags.get("sweep") == "parent"]  # fmt: skip
+    latest = max(parents, key=lambda r: r.info.start_time)
+    assert latest.info.status == "FINISHED" and latest.data.metrics["sweep/pruned"] == 1
+    assert latest.data.tags["search.study"] == "fmnist"
+    assert latest.data.tags["search.best_trial"] == str(study.best_trial.number)
+    assert latest.data.metrics["search/best_value"] == pytest.approx(study.best_value)
+    from fmnist_exp.report import main as report
+
+    assert (
+        report([f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"out={tmp_path / 'report'}"]) == 0
+    )
+    assert list(pd.read_csv(tmp_path / "report" / "table.csv").status) == ["PRUNED"]
+
+
+def test_two_searches_at_once_share_one_study(tmp_path, real_data_dir):
+    """Two sweep processes on one storage draw their trials from one study: distinct trial
+    numbers, every trial told, none run twice."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    args = [*SEARCH, f"data.data_dir={real_data_dir}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "hydra.sweeper.n_trials=4", search_space("tag(log, interval(1e-3, 1e-2))"),
+            "hydra.sweeper.pruner=none", "hydra.sweeper.seed=null"]  # fmt: skip
+    import optuna
+
+    optuna.create_study(study_name="fmnist", storage=f"sqlite:///{tmp_path}/optuna.db",
+                        direction="maximize")  # made once, before the workers  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "fmnist_exp", "--multirun", *args,
+                          f"hydra.sweep.dir={tmp_path}/sweep{i}"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    study = optuna.load_study(study_name="fmnist", storage=f"sqlite:///{tmp_path}/optuna.db")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # each worker stops at 4
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert sorted(trials(tmp_path)) == sorted(numbers)  # one MLflow run per trial
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("+hydra.sweeper.params.nosuch='choice(1, 2)'", "nosuch is not a key of the training config"),
+        ("hydra.sweeper.params=null", "empty search space"),
+        ("hydra.sweeper.storage=sqlite:////nonexistent/dir/optuna.db", "the Optuna storage could not be opened"),
+        ("hydra.sweeper.pruner=sometimes", "hydra.sweeper.pruner='sometimes' must be median or none"),
+    ],
+)  # fmt: skip
+def test_bad_search_input_is_one_paragraph_before_anything_is_made(run_main, tmp_path,
+                                                                   real_data_dir, override, said):  # fmt: skip
+    done = run_main("--multirun", *SEARCH, *store_args(tmp_path, real_data_dir), override)
+    assert done.returncode == 2 and said in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    runs = (
+        runs_by_experiment(tmp_path).get("fashion-mnist", [])
+        if (tmp_path / "mlflow.db").exists()
+        else []
+    )
+    assert runs == []  # no parent run, no trial

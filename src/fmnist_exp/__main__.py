@@ -33,9 +33,9 @@ def run(cfg: DictConfig) -> float:
     global _jobs_started
     _jobs_started += 1
     # heavy imports only once Hydra has parsed the command line
-    from fmnist_exp.tracking import sweep
+    from fmnist_exp.tracking import search, sweep
     from fmnist_exp.train import train
-    from fmnist_exp.training.callbacks import RunInterrupted
+    from fmnist_exp.training.callbacks import RunInterrupted, TrialPruned
 
     register_resolvers()  # again: joblib and submitit workers unpickle this function without the module
     # Lightning gives its logger a console handler when first imported (just above); Hydra's root
@@ -56,6 +56,9 @@ def run(cfg: DictConfig) -> float:
         if (whole_sweep := sweep.StopTheSweep.current) is not None:  # a job in the sweep's process
             whole_sweep.stopped(stopped.signal_name)
         sys.exit(128 + getattr(signal, stopped.signal_name, signal.SIGINT))
+    except TrialPruned as pruned:  # run KILLED and tagged; the sweeper tells the study
+        print(f"pruned: {pruned}")
+        return search.PRUNED
     except Exception as exc:
         if sweep.in_sweep():
             sweep.record_failed_job(cfg, exc)

@@ -111,7 +111,8 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
         "reference_acc": pd.to_numeric(col("tags.reference_acc")),
         "epochs": pd.to_numeric(col("metrics.epochs")).astype("Int64"),
         "wall_s": pd.to_numeric(col("metrics.time/total_s")).round(1),
-        "status": col("status"),
+        # a pruned trial of hparams_search=optuna is KILLED in MLflow, PRUNED here
+        "status": col("status").mask(col("tags.search.state") == "PRUNED", "PRUNED"),
         "run_id": col("run_id"),
     })  # fmt: skip
     table["delta_pp"] = ((table.test_acc - table.reference_acc) * 100).round(2)

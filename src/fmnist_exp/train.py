@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from fmnist_exp import checks
 from fmnist_exp.paths import check_writable
-from fmnist_exp.tracking import claims, resume, run, store
+from fmnist_exp.tracking import claims, resume, run, search, store
 from fmnist_exp.training import callbacks, distill, module
 from fmnist_exp.training.trainer import make_trainer
 
@@ -54,6 +54,8 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         stop = callbacks.StopOnSignal(Path(cfg.paths.output_dir) / "checkpoints")
         progress_bar = cfg.trainer.get("enable_progress_bar", True)
         chosen = callbacks.from_config(cfg.callbacks, progress_bar)
+        if cfg.get("search"):  # a trial of hparams_search=optuna: report val/acc, maybe be pruned
+            chosen.append(callbacks.PruneHopeless(search.trial_of(cfg.search)))
         logger = run.make_logger(cfg, previous)
         trainer = make_trainer(cfg.trainer, [*chosen, *extra_callbacks, state, stop], logger)
 

@@ -27,6 +27,7 @@ NOT_PART_OF_THE_EXPERIMENT = (  # where or how a run goes, or what it shows: not
     "logger",
     "resume",
     "skip_finished",
+    "search",  # which trial of which study a job is (hparams_search=optuna)
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.default_root_dir",

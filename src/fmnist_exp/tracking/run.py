@@ -26,7 +26,7 @@ from fmnist_exp.errors import UserError
 from fmnist_exp.models import count_parameters
 from fmnist_exp.tracking import resume, store, sweep
 from fmnist_exp.training import plots
-from fmnist_exp.training.callbacks import RunInterrupted, RunState, StopOnSignal
+from fmnist_exp.training.callbacks import RunInterrupted, RunState, StopOnSignal, TrialPruned
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk, not a bug
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc")
@@ -78,6 +78,11 @@ def make_logger(cfg: DictConfig, previous: resume.Previous | None) -> RunLogger:
             "git_commit": git_commit(Path(cfg.paths.root)),
             "command": shlex.join(["python", "-m", "fmnist_exp", *sys.argv[1:]]),
             **sweep.job_tags(),  # nests the run under its sweep's parent run
+            **(
+                {f"search.{k}": str(cfg.search[k]) for k in ("study", "trial")}
+                if cfg.get("search")
+                else {}
+            ),  # a trial of hparams_search=optuna
             **{k: str(v) for k, v in cfg.logger.tags.items()},  # config_hash, reference_acc, debug
         },
         artifact_location=store.artifact_location(uri),
@@ -178,6 +183,12 @@ def lifecycle(
     try:
         with stop:
             yield run
+    except TrialPruned as pruned:  # stopped on purpose: its curves are kept, it is no result
+        why = str(pruned)
+        store.patiently(lambda: run.client.set_tag(run.id, "search.state", "PRUNED"))
+        store.patiently(lambda: run.client.set_tag(run.id, "search.pruned", why))
+        store.patiently(lambda: run.client.set_terminated(run.id, "KILLED"))
+        raise
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
         note = f"; checkpoint {stop.saved}" if stop.saved else ""

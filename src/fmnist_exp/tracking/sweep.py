@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp.errors import ConfigError, UserError, one_paragraph
-from fmnist_exp.tracking import store
+from fmnist_exp.tracking import search, store
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
@@ -157,6 +157,11 @@ class StopTheSweep:
         )
 
 
+def is_search(config: DictConfig) -> bool:
+    """hparams_search=optuna: our Optuna sweeper runs this sweep (tracking/search.py)."""
+    return str(config.hydra.sweeper.get("_target_", "")).endswith(".OptunaSearch")
+
+
 def check_sweep_ranges(overrides: list[str]) -> None:
     """A sweep over an empty range (`seed=range(1,1)`) launches no job and would record an empty
     sweep as FINISHED: refuse it before anything is made."""
@@ -177,6 +182,8 @@ class MLflowSweep(Callback):
         uri, sweep_dir = config.logger.tracking_uri, Path(config.hydra.sweep.dir)
         try:
             check_sweep_ranges(list(config.hydra.overrides.task))
+            if is_search(config):
+                search.prepare(config.hydra.sweeper, config, list(config.hydra.overrides.task))
             experiment_id = store.ensure_store(uri, config.logger.experiment)
         except UserError as exc:  # before any job: one paragraph, exit 2
             print(f"error: {one_paragraph(exc)}", file=sys.stderr)
@@ -201,7 +208,8 @@ class MLflowSweep(Callback):
         client = mlflow.MlflowClient(uri)
         parent = client.get_run(parent_id)
         children = client.search_runs([parent.info.experiment_id], child_filter(parent_id))
-        failed = [r for r in children if r.info.status != "FINISHED"]
+        pruned = [r for r in children if r.data.tags.get("search.state") == "PRUNED"]
+        failed = [r for r in children if r.info.status != "FINISHED" and r not in pruned]
         finished = [r for r in children if r.info.status == "FINISHED"]
         skipped = client.search_runs([parent.info.experiment_id], reused_filter(parent_id))
         partial = [r for r in finished + skipped if r.data.tags.get("partial") == "true"]
@@ -209,6 +217,7 @@ class MLflowSweep(Callback):
             "sweep/jobs": len(children) + len(skipped),
             "sweep/finished": len(finished),
             "sweep/failed": len(failed),
+            "sweep/pruned": len(pruned),
             "sweep/skipped": len(skipped),
             "sweep/partial": len(partial),
         }
@@ -222,10 +231,16 @@ class MLflowSweep(Callback):
             }
             client.set_tag(parent_id, "best_run_id", best.info.run_id)
             client.set_tag(parent_id, "best_overrides", best.data.tags.get("overrides", ""))
+        if is_search(config):  # the study and its best trial (over every invocation)
+            tags, metrics = search.study_outcome(config.hydra.sweeper, config)
+            for key, value in tags.items():
+                client.set_tag(parent_id, key, value)
+            summary |= metrics
         for key, value in summary.items():
             client.log_metric(parent_id, key, value)
         client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         counts = {"trained": len(finished), "failed": len(failed),
+                  "pruned (hparams_search: behind the study, stopped early)": len(pruned),
                   "reused (FINISHED before; skip_finished=true)": len(skipped),
                   "partial (tested on part of the test split: not ranked)": len(partial)}  # fmt: skip
         print(

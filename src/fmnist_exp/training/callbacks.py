@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import optuna
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ProgressBar
@@ -190,3 +191,26 @@ class RunState(L.Callback):
         torch.set_rng_state(states["torch"])
         if torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class TrialPruned(UserError):  # noqa: N818 - Optuna's name for the same event
+    """The pruner stopped this trial of a search: its validation accuracy was behind the study's."""
+
+
+class PruneHopeless(L.Callback):
+    """A trial of hparams_search=optuna (tracking/search.py): reports val/acc to its Optuna trial
+    after every validation, and stops the run when the study's pruner says it is behind."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+            return
+        epochs, value = trainer.current_epoch + 1, float(trainer.callback_metrics["val/acc"])
+        self.trial.report(value, epochs)  # step = epochs trained: warm-up counts whole epochs
+        if self.trial.should_prune():
+            raise TrialPruned(
+                f"trial {self.trial.number} pruned after {epochs} epochs: val/acc {value:.4f} is "
+                f"behind the study's earlier trials after as many epochs"
+            )
