@@ -66,28 +66,33 @@ def distribution(override: Override) -> optuna.distributions.BaseDistribution:
     )
 
 
-def search_space(params: dict, arguments: list[str], config: DictConfig) -> dict:
-    """The space from hydra.sweeper.params plus sweep overrides on the command line (which win).
-    Every key must be a key of the training config."""
-    lines = [f"{k}={v}" for k, v in params.items()] + list(arguments)
-    space = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        if not override.is_sweep_override():
-            continue
+def search_space(params: dict, arguments: list[str], config: DictConfig) -> tuple[dict, list[str]]:
+    """(the space, fixed overrides): the sweep dimensions of hydra.sweeper.params plus the sweep
+    overrides on the command line (which win); a plain value in params is a fixed override. Every
+    key set must be a key of the training config."""
+    parser = OverridesParser.create()
+    from_params = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    space, fixed = {}, []
+    for override in [*from_params, *parser.parse_overrides(list(arguments))]:
+        if override not in from_params and not override.is_sweep_override():
+            continue  # the command line's own fixed overrides: the sweeper passes them on
         key = override.get_key_element()
         if OmegaConf.select(config, key, default="<absent>") == "<absent>":
             raise ConfigError(
                 f"hydra.sweeper.params: {key} is not a key of the training config, so the search "
                 f"cannot set it. Check its spelling against `python -m fmnist_exp --cfg job`."
             )
-        space[key] = distribution(override)
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            fixed.append(override.input_line)
     if not space:
         raise ConfigError(
-            "hparams_search=optuna has an empty search space: give it keys in "
-            "hydra.sweeper.params (conf/hparams_search/optuna.yaml), e.g. "
-            "'hydra.sweeper.params.optimizer.lr=tag(log, interval(1e-4, 1e-2))'."
+            "hparams_search=optuna has an empty search space: give hydra.sweeper.params at least "
+            "one dimension, e.g. `optimizer.lr: tag(log, interval(1e-4, 1e-2))` in "
+            "conf/hparams_search/optuna.yaml."
         )
-    return space
+    return space, fixed
 
 
 def open_study(name: str, storage: str, direction: str, sampler, pruner) -> optuna.Study:
@@ -141,9 +146,9 @@ def prepare(options: DictConfig | dict, config: DictConfig, arguments: list[str]
         value = options.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"hydra.sweeper.{key}={value!r} must be a whole number >= {minimum}.")
-    space = search_space(dict(options.get("params") or {}), arguments, config)
-    fixed = [o.input_line for o in OverridesParser.create().parse_overrides(arguments)
-             if not o.is_sweep_override()]  # fmt: skip
+    space, fixed = search_space(dict(options.get("params") or {}), arguments, config)
+    fixed += [o.input_line for o in OverridesParser.create().parse_overrides(arguments)
+              if not o.is_sweep_override()]  # fmt: skip
     storage = options.get("storage") or default_storage(
         config.logger.tracking_uri, Path(config.paths.root)
     )
