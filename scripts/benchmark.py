@@ -24,6 +24,7 @@ import cProfile
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 import lightning as L
+import mlflow
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
@@ -206,6 +208,29 @@ def timed(cfg, profile=None) -> dict:
     }
 
 
+def command_line(overrides: list[str], workdir: Path) -> dict:
+    """The framework as users run it: `python -m fmnist_exp ...` in its own process, with the default
+    callbacks, progress bar and MLflow logging. Each epoch's seconds come from the timestamps of the
+    run's logged val/acc (one per epoch, written at its end); the first epoch counts from the run's
+    start, and start-up is the rest of the process's wall time."""
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp", *overrides, f"logger.tracking_uri={uri}",
+         f"hydra.run.dir={workdir / 'run'}", "logger.log_model=false"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise UserError(f"python -m fmnist_exp {' '.join(overrides)} failed: {done.stderr[-1500:]}")
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    stamps = sorted(m.timestamp for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    epochs = [(b - a) / 1000 for a, b in zip([run.info.start_time, *stamps], stamps, strict=False)]
+    return {"startup_s": wall - sum(epochs), "epochs_s": epochs,
+            "val_acc": run.data.metrics["val/acc_best"]}  # fmt: skip
+
+
 # --- the floor: the same model in the smallest LightningModule ----------------------------------------
 
 
@@ -277,7 +302,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
     )
+    parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
+                        help="K > 1: a fourth side, the framework with module.steps_per_call=K")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.steps_per_call < 1:
+        parser.error(f"--steps-per-call {args.steps_per_call}: give 1 or more.")
     if args.rounds < 1 or args.epochs < 1:
         parser.error(f"--rounds {args.rounds} --epochs {args.epochs}: both must be 1 or more.")
     if args.calls and args.epochs < 2:
@@ -323,6 +352,20 @@ def main(argv: list[str]) -> None:
             "lightning": bare_lightning,
             "framework": timed,
         }
+        if (
+            not args.calls
+        ):  # as users run it; seconds only (its own process has no profiler of ours)
+            as_typed = [f"model={args.model}", f"data.batch_size={args.batch_size}",
+                        f"trainer.max_epochs={args.epochs}", "optimizer=adam", "scheduler=none",
+                        f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}"]  # fmt: skip
+            sides["command"] = lambda cfg, profile=None: command_line(
+                as_typed, Path(cfg.paths.output_dir).parent
+            )
+        k = args.steps_per_call
+        if k > 1:  # the framework again, making k optimizer steps per call of its training step
+            sides[f"framework_k{k}"] = lambda cfg, profile=None: timed(
+                OmegaConf.merge(cfg, {"module": {"steps_per_call": k}}), profile
+            )
         if args.calls:  # deterministic, unlike seconds: the Python work per training step
             calls, results = {}, {}
             for side, run in sides.items():
@@ -340,7 +383,7 @@ def main(argv: list[str]) -> None:
             return
         rounds, names = [], list(sides)
         for r in range(args.rounds):  # a rotating order: drift in the machine lands on every side
-            order = names[r % 3 :] + names[: r % 3]
+            order = names[r % len(names) :] + names[: r % len(names)]
             rounds.append({side: sides[side](config(overrides, Path(tmp) / f"{side}{r}")) for side in order})  # fmt: skip
 
     def median(epochs: list[float]) -> float:
@@ -358,7 +401,12 @@ def main(argv: list[str]) -> None:
         "framework / plain loop": ratio("framework", "plain"),  # the goal: <= 1.05
         "lightning / plain loop": ratio("lightning", "plain"),  # Lightning's own floor
         "framework / lightning": ratio("framework", "lightning"),  # what the framework adds to it
+        "command / plain loop": ratio("command", "plain"),  # python -m fmnist_exp, as users run it
     }
+    if args.steps_per_call > 1:
+        ratios[f"framework_k{args.steps_per_call} / plain loop"] = ratio(
+            f"framework_k{args.steps_per_call}", "plain"
+        )
     print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
           f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
     print(
@@ -378,7 +426,10 @@ def main(argv: list[str]) -> None:
                 f"bare Lightning {seconds['lightning']:.2f}, framework {seconds['framework']:.2f}: **ratio {value:.3f}** "
                 f"(rounds {', '.join(f'{x:.3f}' for x in each)}); bare Lightning / plain {floor:.3f} "
                 f"(rounds {', '.join(f'{x:.3f}' for x in floor_each)}); start-up {startups['plain']:.1f} s, "
-                f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s |"])  # fmt: skip
+                f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s"
+                + "".join(f"; {name} {v:.3f} (rounds {', '.join(f'{x:.3f}' for x in e)})"
+                          for name, (v, e) in ratios.items() if name.startswith(("command", "framework_k")))
+                + " |"])  # fmt: skip
 
 
 def run(argv: list[str]) -> int:

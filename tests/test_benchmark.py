@@ -1,4 +1,4 @@
-"""`make bench` runs here: scripts/benchmark.py trains the three sides on the real data and prints
+"""`make bench` runs here: scripts/benchmark.py trains every side on the real data and prints
 their ratios. Seconds are not asserted (the machine is noisy); that every side trained is."""
 
 import importlib.util
@@ -15,17 +15,23 @@ from conftest import REPO
 @pytest.mark.slow
 def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
     done = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "--model", "mlp", "--batch-size", "1024", "--epochs", "2", "--rounds", "1"],
+        [sys.executable, "scripts/benchmark.py", "--model", "mlp", "--batch-size", "1024", "--epochs", "2", "--rounds", "1",
+         "--steps-per-call", "4"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=os.environ | {"FMNIST_DATA_DIR": str(real_data_dir)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = re.findall(
-        r"^\s+1 (plain|lightning|framework)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", done.stdout, re.M
-    )
-    assert sorted(side for side, _ in rows) == ["framework", "lightning", "plain"], done.stdout
+        r"^\s+1 (plain|lightning|framework|command|framework_k4)\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+        done.stdout, re.M,
+    )  # fmt: skip
+    sides = ["command", "framework", "framework_k4", "lightning", "plain"]
+    assert sorted(side for side, _ in rows) == sides, done.stdout
     assert all(float(acc) > 0.75 for _, acc in rows), rows  # chance is 0.10
-    for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning"):
+    accuracy = dict(rows)  # the framework's three ways train the same network the same way
+    assert accuracy["framework"] == accuracy["command"] == accuracy["framework_k4"]
+    for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning",
+                 "command / plain loop", "framework_k4 / plain loop"):  # fmt: skip
         assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
 
 
@@ -56,6 +62,7 @@ def benchmark():
             ),
         ),
         (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
+        (["--steps-per-call", "0"], "--steps-per-call 0: give 1 or more"),
     ],
 )
 def test_benchmark_bad_arguments_end_in_one_message(args, said, benchmark, real_data_dir, monkeypatch, capsys):  # fmt: skip

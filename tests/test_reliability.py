@@ -217,6 +217,10 @@ def test_the_loss_guard_names_the_first_non_finite_step_once_per_window():
     trainer.global_step = 10
     with pytest.raises(NonFiniteLoss, match="optimizer step 8 "):  # a full window looks by itself
         guard.on_train_batch_end(trainer, module, torch.tensor(0.1), None, 9)
+    trainer.global_step = 13  # module.steps_per_call=3: one call, three steps, three losses
+    guard.on_train_batch_end(trainer, module, torch.tensor([0.1, float("nan"), 0.2]), None, 10)
+    with pytest.raises(NonFiniteLoss, match="optimizer step 12 "):
+        guard.on_train_epoch_end(trainer, module)
 
 
 @pytest.mark.slow

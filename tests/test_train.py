@@ -278,3 +278,37 @@ def test_an_ema_decay_outside_0_1_names_the_key(make_config, decay):
         checks.check_callbacks(make_config(f"callbacks.ema.decay={decay}").callbacks)
     checks.check_callbacks(make_config("callbacks.ema.decay=null").callbacks)
     assert moving_average(None) is None
+
+
+def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
+    """module.steps_per_call=4 (Lightning's loop once per four batches; the module makes the four
+    optimizer steps) against the usual loop: the same batches, augmentation, dropout draws, cosine
+    schedule and optimizer state, so the last checkpoint's weights are bit for bit the same, over
+    epochs of 15 steps (960 images, batch 64) whose last call makes 3."""
+    from conftest import compose_config
+
+    common = ["trainer.max_epochs=2", "trainer.limit_train_batches=null", "data.val_size=59040",
+              "logger.log_model=false", "data.augment.hflip=true", "model.dropout=0.2"]  # fmt: skip
+    states = {}
+    for k in (1, 4):
+        cfg = compose_config(
+            [*common, f"module.steps_per_call={k}"], tmp_path / f"k{k}", real_data_dir
+        )
+        results = train(cfg)
+        last = torch.load(
+            tmp_path / f"k{k}" / "run" / "checkpoints" / "last.ckpt", weights_only=False
+        )
+        states[k] = (last["state_dict"], last["global_step"], results["test/acc"])
+    (one, steps_one, acc_one), (four, steps_four, acc_four) = states[1], states[4]
+    assert steps_one == steps_four == 2 * 15  # 960 images, batch 64: 15 optimizer steps an epoch
+    assert one.keys() == four.keys()
+    assert all(torch.equal(one[key], four[key]) for key in one)
+    assert acc_one == acc_four
+
+
+def test_several_steps_per_call_refuse_what_lightning_does_around_a_call(make_config):
+    for clash in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
+                  "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10"):  # fmt: skip
+        key = clash.lstrip("+").split("=")[0]
+        with pytest.raises(ConfigError, match=f"steps_per_call=4 cannot be combined with {key}"):
+            checks.check(make_config("module.steps_per_call=4", clash))

@@ -42,6 +42,7 @@ def check(cfg: DictConfig) -> None:
     check_module(cfg.module)
     check_callbacks(cfg.callbacks)
     check_trainer(cfg)
+    check_steps_per_call(cfg)
 
 
 def check_block(cfg: DictConfig, key: str) -> None:
@@ -128,6 +129,11 @@ def check_module(module: DictConfig) -> None:
     )
     for key in ("tta_hflip", "compile", "channels_last"):
         _rule(isinstance(module[key], bool), f"module.{key}={module[key]!r} must be true or false.")
+    _rule(
+        is_whole(module.steps_per_call),
+        f"module.steps_per_call={module.steps_per_call!r} must be a whole number >= 1 (optimizer "
+        f"steps per call of the training step; 1 = Lightning's usual loop).",
+    )
     distill = module.distill
     teachers = distill.teachers
     _rule(
@@ -155,6 +161,27 @@ def check_callbacks(callbacks: DictConfig) -> None:
         f"share of the average), e.g. callbacks.ema.decay=0.999; callbacks.ema.decay=null "
         f"switches the average off.",
     )
+
+
+def check_steps_per_call(cfg: DictConfig) -> None:
+    """module.steps_per_call > 1 makes the optimizer steps itself (Lightning's manual
+    optimisation): what Lightning would do per step from the outside is not there."""
+    if cfg.module.steps_per_call == 1:
+        return
+    trainer = cfg.trainer
+    clashes = {
+        "callbacks.ema.decay": OmegaConf.select(cfg, "callbacks.ema.decay") is not None,
+        "trainer.gradient_clip_val": bool(trainer.get("gradient_clip_val")),
+        "trainer.accumulate_grad_batches": (trainer.get("accumulate_grad_batches") or 1) != 1,
+        "trainer.max_steps": (trainer.get("max_steps") or -1) != -1,
+    }
+    for key, clash in clashes.items():
+        _rule(
+            not clash,
+            f"module.steps_per_call={cfg.module.steps_per_call} cannot be combined with {key}: "
+            f"Lightning applies that around each call of the training step, which then makes "
+            f"several optimizer steps. Leave {key} at its default, or set module.steps_per_call=1.",
+        )
 
 
 def check_trainer(cfg: DictConfig) -> None:

@@ -42,7 +42,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         # teachers (checked before the data loads) label its training images.
         distill_cfg = cfg.module.distill
         teachers = distill.load_teachers(cfg.logger.tracking_uri, distill_cfg.teachers, cfg.data)
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, steps_per_call=cfg.module.steps_per_call)
         datamodule.prepare_data()
         datamodule.setup("fit")
         datamodule.soft_targets = distill.soft_targets(

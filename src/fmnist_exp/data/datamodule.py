@@ -42,8 +42,10 @@ class TensorBatches:
         world_size: int = 1,
         epoch_of: Callable[[], int] | None = None,
         soft_targets: torch.Tensor | None = None,
+        steps_per_call: int = 1,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.steps_per_call = steps_per_call  # > 1: each item is a list of that many batches
         self.soft_targets = soft_targets  # [N, 10] per image (distill.py): batches become (x, y, t)
         self.shuffle, self.seed, self.augment = shuffle, seed, augment or {}
         self.rank, self.world_size = rank, world_size
@@ -57,10 +59,28 @@ class TensorBatches:
             return n // self.world_size
         return len(range(self.rank, n, self.world_size))
 
-    def __len__(self) -> int:
+    @property
+    def optimizer_steps(self) -> int:
+        """Batches per epoch: one optimizer step each."""
         return math.ceil(self._count() / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __len__(self) -> int:
+        return math.ceil(self.optimizer_steps / self.steps_per_call)
+
+    def __iter__(self) -> Iterator:
+        if self.steps_per_call == 1:
+            yield from self._batches()
+            return
+        group: list[tuple[torch.Tensor, ...]] = []
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.steps_per_call:
+                yield group
+                group = []
+        if group:  # the epoch's last call: what is left
+            yield group
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         device, n, size = self.images.device, len(self.labels), self.batch_size
         # Randomness comes from a CPU generator and goes to the device once per epoch: the same seed
         # gives the same batches on every device, with no per-step host transfer.
@@ -111,6 +131,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         shuffle_seed: int = 0,
         augment: dict | None = None,
+        steps_per_call: int = 1,
     ):
         super().__init__()
         # the values were checked with the whole config (checks.check_data)
@@ -119,6 +140,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.shuffle_seed, self.augment = shuffle_seed, augment
+        self.steps_per_call = steps_per_call  # module.steps_per_call: training batches per call
         self.source: Path | None = None
         self.format: str | None = None
         self.class_names: tuple[str, ...] = dataset.CLASS_NAMES  # label id -> name, once read
@@ -209,6 +231,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return TensorBatches(
             images, labels, self.batch_size, shuffle=True, seed=self.shuffle_seed,
             augment=self.augment, **self._shard(), soft_targets=soft,
+            steps_per_call=self.steps_per_call,
             epoch_of=lambda: self.trainer.current_epoch,  # read when the epoch starts: after a resume
         )  # fmt: skip
 

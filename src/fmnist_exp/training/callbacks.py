@@ -53,16 +53,18 @@ class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not
 class FiniteLossGuard(L.Callback):
     def __init__(self, check_every: int = 25):
         self.check_every = check_every
-        self.losses: torch.Tensor | None = None  # the losses since the last look, on the device
+        self.losses: list[torch.Tensor] = []  # the losses since the last look, on the device
         self.steps: list[int] = []  # their optimizer steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.losses is None:
-            self.losses = torch.empty(self.check_every, device=loss.device)
-        self.losses[len(self.steps)] = loss.detach()
-        self.steps.append(trainer.global_step)  # the optimizer step this loss produced
-        if len(self.steps) == self.check_every:
+        loss = loss.detach().reshape(
+            -1
+        )  # one per optimizer step this call made (module.steps_per_call)
+        self.losses.append(loss)
+        first = trainer.global_step - len(loss) + 1  # the optimizer step the first loss produced
+        self.steps.extend(range(first, trainer.global_step + 1))
+        if len(self.steps) >= self.check_every:
             self._check(trainer, pl_module)
 
     def on_validation_start(self, trainer, pl_module):  # before the epoch's checkpoints are written
@@ -73,9 +75,10 @@ class FiniteLossGuard(L.Callback):
 
     def _check(self, trainer, pl_module) -> None:
         steps, self.steps = self.steps, []
+        losses, self.losses = self.losses, []
         if not steps:
             return
-        finite = torch.isfinite(self.losses[: len(steps)])
+        finite = torch.isfinite(torch.cat(losses))
         if bool(finite.all()):  # the one host sync per check_every steps
             return
         step = steps[int((~finite).nonzero()[0])]

@@ -62,9 +62,14 @@ class Classifier(L.LightningModule):
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
+        steps_per_call: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs the whole resolved config instead
+        # steps_per_call > 1: each training_step receives that many batches and makes one optimizer
+        # step per batch itself (Lightning's manual optimisation), so Lightning's loop runs once per
+        # K steps. The sequence of updates is the one automatic optimisation makes (a test checks).
+        self.automatic_optimization = steps_per_call == 1
         self.class_names = tuple(class_names)  # label id -> name: the outputs, in order
         num_classes = len(self.class_names)
         # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
@@ -109,16 +114,36 @@ class Classifier(L.LightningModule):
         self.train_sums = {"loss": zero, "correct": zero.clone(), "seen": 0}
 
     def training_step(self, batch, batch_idx):
-        loss, logits = self._loss(batch)
-        sums, labels = self.train_sums, batch[1]
-        sums["loss"].add_(loss.detach(), alpha=len(labels))
-        sums["correct"].add_((logits.argmax(1) == labels).sum())  # argmax: no graph to detach from
-        sums["seen"] += len(labels)
+        if self.automatic_optimization:
+            loss = self._count(*self._loss(batch), batch[1])
+        else:  # a list of batches: one optimizer step each, as Lightning would make them
+            optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+            losses = []
+            for step_batch in batch:
+                loss, logits = self._loss(step_batch)
+                optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(loss)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                losses.append(self._count(loss, logits, step_batch[1]))
+            loss = torch.stack(losses)  # [steps]: the loss guard reads every step's
         if batch_idx + 1 == self.trainer.num_training_batches:  # callbacks read these at epoch end
+            sums = self.train_sums
             epoch = {"on_step": False, "on_epoch": True, "prog_bar": True, "sync_dist": True}
             self.log("train/loss", sums["loss"] / sums["seen"], **epoch)
             self.log("train/acc", sums["correct"] / sums["seen"], **epoch)
         return loss
+
+    def _count(
+        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Adds one step to the epoch's device sums; returns its loss."""
+        sums = self.train_sums
+        sums["loss"].add_(loss.detach(), alpha=len(labels))
+        sums["correct"].add_((logits.argmax(1) == labels).sum())  # argmax: no graph to detach from
+        sums["seen"] += len(labels)
+        return loss.detach() if not self.automatic_optimization else loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
@@ -160,7 +185,11 @@ class Classifier(L.LightningModule):
         optimizer = self.make_optimizer()
         if not self.hparams.scheduler:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
+        total = int(self.trainer.estimated_stepping_batches)  # Lightning's calls of training_step
+        if not self.automatic_optimization:  # optimizer steps: each call makes up to K
+            steps = self.trainer.train_dataloader.optimizer_steps  # per epoch
+            per_epoch = min(steps, self.trainer.num_training_batches * self.hparams.steps_per_call)
+            total = total // self.trainer.num_training_batches * per_epoch
         scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total)
         return {
             "optimizer": optimizer,
@@ -201,6 +230,7 @@ def classifier(cfg: DictConfig, datamodule) -> Classifier:
         distill_weight=module.distill.weight if teachers else 0.0,
         distill_temperature=module.distill.temperature,
         class_names=datamodule.class_names,
+        steps_per_call=module.steps_per_call,
     )
     model.make_optimizer()
     if module.channels_last:
