@@ -1,22 +1,33 @@
 """Seconds per epoch: a plain PyTorch loop vs the framework, same model, data, batch, optimiser,
 device and epochs, in one invocation (these machines are noisy: only the ratio measured side by side
-means much). A third side, "lightning", is the same model in a minimal LightningModule on a Trainer
-with Lightning's defaults (no logger, checkpoints or callbacks of ours): the floor that any
-Lightning-based framework starts from. The sides take turns in a rotating order for --rounds rounds;
-each round gives ratios, and the result is their median, so a slow spell of the machine lands on
-every side. Also time to accuracy for a recipe.
+means much). The sides, taking turns in a rotating order for --rounds rounds:
+
+  plain               the loop written below: the reference
+  lightning           the same model in a minimal LightningModule on a Trainer with Lightning's
+                      defaults (no logger, checkpoints or callbacks of ours): Lightning's own floor
+  framework           train(cfg) in this process, as `python -m fmnist_exp` runs it (checkpoints, MLflow
+                      logging per epoch), progress bar off
+  command             `python -m fmnist_exp ...` in its own process, exactly as a user types it (default
+                      callbacks, progress bar, logging); its epochs timed from the logged val/acc
+  framework_k<K>      framework with module.steps_per_call=K (--steps-per-call K)
+  plain_compiled,     with --compile: the plain loop and the framework (with K) under torch.compile
+  framework_compiled
+
+Each round gives ratios, and the result is their median, so a slow spell of the machine lands on
+every side; beside it, the ratio of the least-disturbed (fastest) epochs. Also time to accuracy.
 
     python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
+    python scripts/benchmark.py --model mlp --batch-size 64 --steps-per-call 8 --compile
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
     python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
     python scripts/benchmark.py --time-to-accuracy experiment=blog_lenet_bn_c32_k33
     ... --record                                      # add the result rows to docs/benchmarks.md
 
 Per-epoch time is training plus the validation pass, from the start of the epoch to its end (a
-device sync at both ends), median over epochs 2..N of a run (epoch 1 pays for warm-up). Start-up (reading
-the data, building the model; for the framework also the MLflow run and the Trainer) is reported
-separately. The framework runs exactly as `python -m fmnist_exp` would (train(cfg): checkpoints,
-MLflow logging per epoch), with scheduler=none so the plain loop needs no schedule of its own.
+device sync at both ends), median over epochs 2..N of a run (epoch 1 pays for warm-up and
+compilation). Start-up (reading the data, building the model; for the framework also the MLflow run
+and the Trainer) is reported separately. Every side uses scheduler=none, so the plain loop needs no
+schedule of its own.
 """
 
 import argparse
@@ -88,13 +99,16 @@ def data_and_net(cfg):
 # --- the reference: a plain PyTorch loop -----------------------------------------------------------
 
 
-def plain_loop(cfg, device: torch.device, precision: str, profile=None) -> dict:
-    """profile: a cProfile.Profile to run over epochs 2..N (for --calls)."""
+def plain_loop(cfg, device: torch.device, precision: str, profile=None, compiled=False) -> dict:
+    """profile: a cProfile.Profile to run over epochs 2..N (for --calls). compiled: the network
+    through torch.compile (its first epoch pays for the compilation)."""
     started = time.perf_counter()
     data, net = data_and_net(cfg)
     x_train, y_train = (t.to(device) for t in data.train)
     x_val, y_val = (t.to(device) for t in data.val)
     net = net.to(device)
+    if compiled:
+        net.compile()  # in place, as module.compile does
     optimizer = instantiate(cfg.optimizer, params=net.parameters())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -302,6 +316,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
     )
+    parser.add_argument("--compile", action="store_true",
+                        help="two more sides: the plain loop and the framework (with --steps-per-call) under torch.compile")  # fmt: skip
     parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
                         help="K > 1: a fourth side, the framework with module.steps_per_call=K")  # fmt: skip
     args = parser.parse_args(argv)
@@ -366,6 +382,15 @@ def main(argv: list[str]) -> None:
             sides[f"framework_k{k}"] = lambda cfg, profile=None: timed(
                 OmegaConf.merge(cfg, {"module": {"steps_per_call": k}}), profile
             )
+        if (
+            args.compile
+        ):  # both again with torch.compile: the plain loop, and the framework as above
+            sides["plain_compiled"] = lambda cfg, profile=None: plain_loop(
+                cfg, device, args.precision, profile, compiled=True
+            )
+            sides["framework_compiled"] = lambda cfg, profile=None: timed(
+                OmegaConf.merge(cfg, {"module": {"steps_per_call": k, "compile": True}}), profile
+            )
         if args.calls:  # deterministic, unlike seconds: the Python work per training step
             calls, results = {}, {}
             for side, run in sides.items():
@@ -393,6 +418,14 @@ def main(argv: list[str]) -> None:
         each = [median(p[a]["epochs_s"]) / median(p[b]["epochs_s"]) for p in rounds]
         return statistics.median(each), each
 
+    def least_disturbed(a: str, b: str) -> float:
+        """The fastest epoch 2..N of every round against the other side's: the least noise."""
+
+        def fastest(side):
+            return min(min(p[side]["epochs_s"][1:] or p[side]["epochs_s"]) for p in rounds)
+
+        return fastest(a) / fastest(b)
+
     seconds = {
         side: statistics.median(median(p[side]["epochs_s"]) for p in rounds) for side in sides
     }
@@ -407,6 +440,9 @@ def main(argv: list[str]) -> None:
         ratios[f"framework_k{args.steps_per_call} / plain loop"] = ratio(
             f"framework_k{args.steps_per_call}", "plain"
         )
+    if args.compile:
+        ratios["plain_compiled / plain loop"] = ratio("plain_compiled", "plain")
+        ratios["framework_compiled / plain loop"] = ratio("framework_compiled", "plain")
     print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
           f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
     print(
@@ -417,7 +453,9 @@ def main(argv: list[str]) -> None:
             print(f"{r:5d} {side:10} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
                   f"{run['val_acc']:8.4f}  {' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
     for name, (value, each) in ratios.items():
-        print(f"{name}, per epoch: {value:.3f} (rounds: {', '.join(f'{x:.3f}' for x in each)})")
+        a, b = (side.split()[0] for side in name.split(" / "))
+        print(f"{name}, per epoch: {value:.3f} (rounds: {', '.join(f'{x:.3f}' for x in each)}; "
+              f"least-disturbed epochs: {least_disturbed(a, b):.3f})")  # fmt: skip
     if args.record:
         value, each = ratios["framework / plain loop"]
         floor, floor_each = ratios["lightning / plain loop"]
@@ -428,7 +466,8 @@ def main(argv: list[str]) -> None:
                 f"(rounds {', '.join(f'{x:.3f}' for x in floor_each)}); start-up {startups['plain']:.1f} s, "
                 f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s"
                 + "".join(f"; {name} {v:.3f} (rounds {', '.join(f'{x:.3f}' for x in e)})"
-                          for name, (v, e) in ratios.items() if name.startswith(("command", "framework_k")))
+                          for name, (v, e) in ratios.items()
+                          if name.startswith(("command", "framework_k", "plain_compiled", "framework_compiled")))
                 + " |"])  # fmt: skip
 
 
