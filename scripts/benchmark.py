@@ -16,7 +16,7 @@ means much). The sides, taking turns in a rotating order for --rounds rounds:
 Each round gives ratios, and the result is their median, so a slow spell of the machine lands on
 every side; beside it, the ratio of the least-disturbed (fastest) epochs. Also time to accuracy.
 
-    python scripts/benchmark.py                       # lenet_bn, batch 128, Adam 1e-3, 3 rounds of 3 epochs (= make bench)
+    python scripts/benchmark.py                       # both regimes: lenet_bn batch 128, mlp batch 64; Adam 1e-3, 3 rounds of 3 epochs (= make bench)
     python scripts/benchmark.py --model mlp --batch-size 64 --steps-per-call 8 --compile
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
     python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
@@ -66,6 +66,7 @@ from fmnist_exp.training.module import build  # noqa: E402
 
 MARKER = "<!-- benchmark.py --record adds rows above this line -->"
 THRESHOLDS = (0.90, 0.92, 0.94)
+REGIMES = (("lenet_bn", 128), ("mlp", 64))  # (model, batch size) measured when neither is given
 
 
 def sync(device: torch.device) -> None:
@@ -301,8 +302,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="lenet_bn")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--model", help="with --batch-size, one regime (lenet_bn, batch 128 unless "
+                        "given); with neither: both regimes, lenet_bn batch 128 and mlp batch 64")  # fmt: skip
+    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--epochs", type=int, default=3, help="per run; the median skips the first")
     parser.add_argument(
         "--rounds", type=int, default=3, help="plain/framework pairs, order alternating"
@@ -321,6 +323,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
                         help="K > 1: a fourth side, the framework with module.steps_per_call=K")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.model is None and args.batch_size is None and not args.time_to_accuracy:
+        for model, batch_size in REGIMES:  # the overhead-bound regime at two step sizes
+            main([*argv, "--model", model, "--batch-size", str(batch_size)])
+        return
+    args.model = "lenet_bn" if args.model is None else args.model
+    args.batch_size = 128 if args.batch_size is None else args.batch_size
     if args.steps_per_call < 1:
         parser.error(f"--steps-per-call {args.steps_per_call}: give 1 or more.")
     if args.rounds < 1 or args.epochs < 1:
