@@ -31,18 +31,17 @@ class Evaluation:
     run: mlflow.entities.Run | None  # the run that trained the model, when it can be found
 
 
-def run_of(model_uri: str, tracking_uri: str) -> mlflow.entities.Run | None:
+def run_of(model: inference.LoadedModel, tracking_uri: str) -> mlflow.entities.Run | None:
     """The MLflow run behind a runs:/ or models:/ URI or a checkpoint, or None (a checkpoint of a
     run whose store is elsewhere)."""
     client = mlflow.MlflowClient(tracking_uri)
-    if model_uri.startswith("runs:/"):
-        run_id = model_uri.split("/")[1]
-    elif model_uri.startswith("models:/"):
-        name, version = model_uri.removeprefix("models:/").split("/")[:2]
+    if model.uri.startswith("runs:/"):
+        run_id = model.uri.split("/")[1]
+    elif model.uri.startswith("models:/"):
+        name, version = model.uri.removeprefix("models:/").split("/")[:2]
         run_id = client.get_model_version(name, version).run_id
     else:
-        checkpoint = torch.load(model_uri, map_location="cpu", weights_only=True)
-        run_id = checkpoint.get("mlflow_run_id")
+        run_id = model.checkpoint_run_id
     try:
         return client.get_run(run_id) if run_id else None
     except mlflow.exceptions.MlflowException:
@@ -68,7 +67,7 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
 def evaluate(cfg: DictConfig) -> Evaluation:
     checks.check_data(OmegaConf.to_container(cfg.data, resolve=True))  # before the model loads
     model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment)
-    run = run_of(model.uri, cfg.tracking_uri)
+    run = run_of(model, cfg.tracking_uri)
     images, labels, class_names = test_split(cfg.data, run)
     if tuple(class_names) != tuple(model.class_names):
         raise UserError(

@@ -32,6 +32,7 @@ class LoadedModel:
     module: torch.nn.Module  # float32 [N, 1, 28, 28] in 0..255 -> probabilities [N, classes]
     uri: str  # what was loaded: `best` resolved to its runs:/ URI
     class_names: tuple[str, ...] = CLASS_NAMES  # output index -> class name
+    checkpoint_run_id: str | None = None  # a checkpoint's: the MLflow run that wrote it
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,5 +93,6 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
     hint = "Pass a .ckpt from a run's checkpoints/ folder, or a runs:/<run_id>/model URI."
     classifier = load_classifier(path, f"model_uri={path}", hint)
     return LoadedModel(
-        classifier.probabilities_module(), str(path.resolve()), classifier.class_names
-    )
+        classifier.probabilities_module(), str(path.resolve()), classifier.class_names,
+        classifier.run_id,
+    )  # fmt: skip

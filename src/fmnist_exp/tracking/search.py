@@ -26,6 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_exp import checks
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.tracking import store
 
@@ -44,10 +45,8 @@ def default_storage(tracking_uri: str, root: Path) -> str:
 
 def distribution(override: Override) -> optuna.distributions.BaseDistribution:
     """One key of the space: Hydra's sweep syntax -> an Optuna distribution."""
-    value, log = (
-        override.value(),
-        "log" in override.value().tags if override.is_sweep_override() else False,
-    )
+    value = override.value()
+    log = "log" in getattr(value, "tags", ())  # tag(log, interval(...))
     if isinstance(value, ChoiceSweep):
         return optuna.distributions.CategoricalDistribution(list(value.list))
     if isinstance(value, RangeSweep):
@@ -144,7 +143,7 @@ def prepare(options: DictConfig | dict, config: DictConfig, arguments: list[str]
                           f"or minimize.")  # fmt: skip
     for key, minimum in (("n_trials", 1), ("n_jobs", 1), ("warmup_epochs", 0)):
         value = options.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if not checks.is_whole(value, minimum):
             raise ConfigError(f"hydra.sweeper.{key}={value!r} must be a whole number >= {minimum}.")
     space, fixed = search_space(dict(options.get("params") or {}), arguments, config)
     fixed += [o.input_line for o in OverridesParser.create().parse_overrides(arguments)

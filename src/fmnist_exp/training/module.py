@@ -71,6 +71,7 @@ class Classifier(L.LightningModule):
         # K steps. The sequence of updates is the one automatic optimisation makes (a test checks).
         self.automatic_optimization = steps_per_call == 1
         self.class_names = tuple(class_names)  # label id -> name: the outputs, in order
+        self.run_id: str | None = None  # the MLflow run that wrote the checkpoint loaded (if any)
         num_classes = len(self.class_names)
         # net[0] normalises raw pixels, so the network takes what a user has: 0..255 images
         network = build(net, num_classes)
@@ -115,7 +116,8 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
-            loss = self._count(*self._loss(batch), batch[1])
+            loss, logits = self._loss(batch)
+            self._count(loss, logits, batch[1])
         else:  # a list of batches: one optimizer step each, as Lightning would make them
             optimizer, scheduler = self.optimizers(), self.lr_schedulers()
             losses = []
@@ -126,7 +128,8 @@ class Classifier(L.LightningModule):
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                losses.append(self._count(loss, logits, step_batch[1]))
+                self._count(loss, logits, step_batch[1])
+                losses.append(loss.detach())
             loss = torch.stack(losses)  # [steps]: the loss guard reads every step's
         if batch_idx + 1 == self.trainer.num_training_batches:  # callbacks read these at epoch end
             sums = self.train_sums
@@ -135,15 +138,12 @@ class Classifier(L.LightningModule):
             self.log("train/acc", sums["correct"] / sums["seen"], **epoch)
         return loss
 
-    def _count(
-        self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Adds one step to the epoch's device sums; returns its loss."""
+    def _count(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Adds one optimizer step's batch to the epoch's device sums."""
         sums = self.train_sums
         sums["loss"].add_(loss.detach(), alpha=len(labels))
         sums["correct"].add_((logits.argmax(1) == labels).sum())  # argmax: no graph to detach from
         sums["seen"] += len(labels)
-        return loss.detach() if not self.automatic_optimization else loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
@@ -180,6 +180,9 @@ class Classifier(L.LightningModule):
                 f"{exc.__cause__ or exc}. Fix the value it names on the command line or in "
                 f"conf/optimizer/."
             ) from exc
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.run_id = checkpoint.get("mlflow_run_id")  # RunState writes it into every checkpoint
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer()
