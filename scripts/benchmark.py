@@ -6,22 +6,24 @@ means much). The sides, taking turns in a rotating order for --rounds rounds:
   lightning           the same model in a minimal LightningModule on a Trainer with Lightning's
                       defaults (no logger, checkpoints or callbacks of ours): Lightning's own floor
   framework           train(cfg) in this process, as `python -m fmnist_exp` runs it (checkpoints, MLflow
-                      logging per epoch), progress bar off
+                      logging per epoch; module.steps_per_call=auto unless --steps-per-call), no
+                      progress bar
   command             `python -m fmnist_exp ...` in its own process, exactly as a user types it (default
                       callbacks, progress bar, logging); its epochs timed from the logged val/acc
-  framework_k<K>      framework with module.steps_per_call=K (--steps-per-call K)
-  plain_compiled,     with --compile: the plain loop and the framework (with K) under torch.compile
+  framework_k1        framework with module.steps_per_call=1: Lightning's usual loop, one optimizer
+                      step per call of the training step (left out when --steps-per-call 1)
+  plain_compiled,     the plain loop and the framework under torch.compile (--no-compile: not run)
   framework_compiled
 
 Each round gives ratios, and the result is their median, so a slow spell of the machine lands on
 every side; beside it, the ratio of the least-disturbed (fastest) epochs. Also time to accuracy.
 
     python scripts/benchmark.py                       # both regimes: lenet_bn batch 128, mlp batch 64; Adam 1e-3, 3 rounds of 3 epochs (= make bench)
-    python scripts/benchmark.py --model mlp --batch-size 64 --steps-per-call 8 --compile
+    python scripts/benchmark.py --model mlp --batch-size 64 --steps-per-call 16 --no-compile
     python scripts/benchmark.py --device cuda --precision bf16-mixed --epochs 6
     python scripts/benchmark.py --calls               # Python function calls per step instead of seconds
     python scripts/benchmark.py --time-to-accuracy experiment=blog_lenet_bn_c32_k33
-    ... --record                                      # add the result rows to docs/benchmarks.md
+    ... --record                                      # add the result rows to docs/results.md
 
 Per-epoch time is training plus the validation pass, from the start of the epoch to its end (a
 device sync at both ends), median over epochs 2..N of a run (epoch 1 pays for warm-up and
@@ -55,7 +57,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from record import record  # noqa: E402  (scripts/record.py)
+from record import RESULTS_MD, record  # noqa: E402  (scripts/record.py)
 
 from fmnist_exp import checks  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
@@ -298,6 +300,12 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def machine(device: torch.device) -> str:
+    """The device and the versions that decide the speed, for a recorded row."""
+    return (f"{device_name(device)}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"Lightning {L.__version__}")  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -316,12 +324,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--calls", action="store_true",
                         help="instead: Python function calls per training step (cProfile over epochs 2..N), plain vs framework")  # fmt: skip
     parser.add_argument(
-        "--record", action="store_true", help="add the result rows to docs/benchmarks.md"
+        "--record", action="store_true", help="add the result rows to docs/results.md"
     )
-    parser.add_argument("--compile", action="store_true",
-                        help="two more sides: the plain loop and the framework (with --steps-per-call) under torch.compile")  # fmt: skip
-    parser.add_argument("--steps-per-call", type=int, default=1, metavar="K",
-                        help="K > 1: a fourth side, the framework with module.steps_per_call=K")  # fmt: skip
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="the sides plain_compiled and framework_compiled: the plain loop and the framework under torch.compile (--no-compile leaves them out)")  # fmt: skip
+    parser.add_argument("--steps-per-call", default="auto", metavar="K",
+                        help="module.steps_per_call of the framework and command sides: auto (the default config's) or a whole number")  # fmt: skip
     args = parser.parse_args(argv)
     if args.model is None and args.batch_size is None and not args.time_to_accuracy:
         for model, batch_size in REGIMES:  # the overhead-bound regime at two step sizes
@@ -329,8 +337,10 @@ def main(argv: list[str]) -> None:
         return
     args.model = "lenet_bn" if args.model is None else args.model
     args.batch_size = 128 if args.batch_size is None else args.batch_size
-    if args.steps_per_call < 1:
-        parser.error(f"--steps-per-call {args.steps_per_call}: give 1 or more.")
+    k = args.steps_per_call
+    if k != "auto" and not (k.isdigit() and int(k) >= 1):
+        parser.error(f"--steps-per-call {k}: give auto or a whole number, 1 or more.")
+    k = k if k == "auto" else int(k)
     if args.rounds < 1 or args.epochs < 1:
         parser.error(f"--rounds {args.rounds} --epochs {args.epochs}: both must be 1 or more.")
     if args.calls and args.epochs < 2:
@@ -346,7 +356,8 @@ def main(argv: list[str]) -> None:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     command = "python scripts/benchmark.py " + " ".join(argv)
     common = [f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
-              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+              f"module.steps_per_call={k}"]  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.time_to_accuracy:
@@ -365,8 +376,8 @@ def main(argv: list[str]) -> None:
             )
             print(f"final test/acc (best val checkpoint) {results['test/acc']:.4f}")
             if args.record:
-                record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | time to accuracy | "
-                        f"{' / '.join(cells)} (90/92/94%); best-checkpoint test acc {results['test/acc']:.4f} |"])  # fmt: skip
+                record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | time to accuracy | "
+                        f"{' / '.join(cells)} (90/92/94%); best-checkpoint test acc {results['test/acc']:.4f} |"], RESULTS_MD)  # fmt: skip
             return
 
         overrides = [f"model={args.model}", f"data.batch_size={args.batch_size}",
@@ -381,23 +392,21 @@ def main(argv: list[str]) -> None:
         ):  # as users run it; seconds only (its own process has no profiler of ours)
             as_typed = [f"model={args.model}", f"data.batch_size={args.batch_size}",
                         f"trainer.max_epochs={args.epochs}", "optimizer=adam", "scheduler=none",
-                        f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}"]  # fmt: skip
+                        f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
+                        *([] if k == "auto" else [f"module.steps_per_call={k}"])]  # fmt: skip
             sides["command"] = lambda cfg, profile=None: command_line(
                 as_typed, Path(cfg.paths.output_dir).parent
             )
-        k = args.steps_per_call
-        if k > 1:  # the framework again, making k optimizer steps per call of its training step
-            sides[f"framework_k{k}"] = lambda cfg, profile=None: timed(
-                OmegaConf.merge(cfg, {"module": {"steps_per_call": k}}), profile
+        if k != 1:  # the framework again in Lightning's usual loop: one optimizer step per call
+            sides["framework_k1"] = lambda cfg, profile=None: timed(
+                OmegaConf.merge(cfg, {"module": {"steps_per_call": 1}}), profile
             )
-        if (
-            args.compile
-        ):  # both again with torch.compile: the plain loop, and the framework as above
+        if args.compile:  # both again with torch.compile: the plain loop, and the framework
             sides["plain_compiled"] = lambda cfg, profile=None: plain_loop(
                 cfg, device, args.precision, profile, compiled=True
             )
             sides["framework_compiled"] = lambda cfg, profile=None: timed(
-                OmegaConf.merge(cfg, {"module": {"steps_per_call": k, "compile": True}}), profile
+                OmegaConf.merge(cfg, {"module": {"compile": True}}), profile
             )
         if args.calls:  # deterministic, unlike seconds: the Python work per training step
             calls, results = {}, {}
@@ -405,14 +414,14 @@ def main(argv: list[str]) -> None:
                 profile = cProfile.Profile()
                 results[side] = run(config(overrides, Path(tmp) / side), profile=profile)
                 calls[side] = pstats.Stats(profile).total_calls
-            # per training step over epochs 2..N, their validation passes included
+            # per optimizer step over epochs 2..N, their validation passes included
             steps = results["plain"]["steps"] * (args.epochs - 1)
             per_step = {side: n / steps for side, n in calls.items()}
-            cells = ", ".join(f"{side} {n:.0f}" for side, n in per_step.items())
-            print(f"{args.model}, batch {args.batch_size}: Python function calls per training step, epochs 2..{args.epochs}: {cells}")  # fmt: skip
+            cells = ", ".join(f"{side} {n:.0f} ({n / per_step['plain']:.2f}x)" for side, n in per_step.items())  # fmt: skip
+            print(f"{args.model}, batch {args.batch_size}: Python function calls per optimizer step, epochs 2..{args.epochs}: {cells}")  # fmt: skip
             if args.record:
-                record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
-                        f"{args.epochs} epochs | Python calls per step: {cells} |"])  # fmt: skip
+                record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+                        f"{args.epochs} epochs | Python calls per optimizer step: {cells} |"], RESULTS_MD)  # fmt: skip
             return
         rounds, names = [], list(sides)
         for r in range(args.rounds):  # a rotating order: drift in the machine lands on every side
@@ -444,39 +453,37 @@ def main(argv: list[str]) -> None:
         "framework / lightning": ratio("framework", "lightning"),  # what the framework adds to it
         "command / plain loop": ratio("command", "plain"),  # python -m fmnist_exp, as users run it
     }
-    if args.steps_per_call > 1:
-        ratios[f"framework_k{args.steps_per_call} / plain loop"] = ratio(
-            f"framework_k{args.steps_per_call}", "plain"
-        )
+    if "framework_k1" in sides:
+        ratios["framework_k1 / plain loop"] = ratio("framework_k1", "plain")
     if args.compile:
         ratios["plain_compiled / plain loop"] = ratio("plain_compiled", "plain")
         ratios["framework_compiled / plain loop"] = ratio("framework_compiled", "plain")
     print(f"{device_name(device)}: {args.model}, batch {args.batch_size}, Adam 1e-3, {args.epochs} epochs, "
           f"precision {args.precision}, {args.rounds} rounds")  # fmt: skip
     print(
-        f"{'round':>5} {'side':10} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s"
+        f"{'round':>5} {'side':18} {'start-up s':>10} {'epoch s (median 2..N)':>22} {'val acc':>8}  epochs s"
     )
     for r, pair in enumerate(rounds, start=1):
         for side, run in pair.items():
-            print(f"{r:5d} {side:10} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
+            print(f"{r:5d} {side:18} {run['startup_s']:10.2f} {median(run['epochs_s']):22.2f} "
                   f"{run['val_acc']:8.4f}  {' '.join(f'{e:.2f}' for e in run['epochs_s'])}")  # fmt: skip
     for name, (value, each) in ratios.items():
         a, b = (side.split()[0] for side in name.split(" / "))
         print(f"{name}, per epoch: {value:.3f} (rounds: {', '.join(f'{x:.3f}' for x in each)}; "
               f"least-disturbed epochs: {least_disturbed(a, b):.3f})")  # fmt: skip
     if args.record:
-        value, each = ratios["framework / plain loop"]
-        floor, floor_each = ratios["lightning / plain loop"]
-        record(MARKER, [f"| {date.today()} | {device_name(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
-                f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {seconds['plain']:.2f} s/epoch, "
-                f"bare Lightning {seconds['lightning']:.2f}, framework {seconds['framework']:.2f}: **ratio {value:.3f}** "
-                f"(rounds {', '.join(f'{x:.3f}' for x in each)}); bare Lightning / plain {floor:.3f} "
-                f"(rounds {', '.join(f'{x:.3f}' for x in floor_each)}); start-up {startups['plain']:.1f} s, "
-                f"{startups['lightning']:.1f} s, {startups['framework']:.1f} s"
-                + "".join(f"; {name} {v:.3f} (rounds {', '.join(f'{x:.3f}' for x in e)})"
-                          for name, (v, e) in ratios.items()
-                          if name.startswith(("command", "framework_k", "plain_compiled", "framework_compiled")))
-                + " |"])  # fmt: skip
+
+        def cell(name: str) -> str:
+            value, each = ratios[name]
+            a, b = (side.split()[0] for side in name.split(" / "))
+            return f"{value:.3f} ({min(each):.2f}-{max(each):.2f}; fastest {least_disturbed(a, b):.3f})"
+
+        cells = "; ".join(f"{name.split(' / ')[0]} {cell(name)}" for name in ratios
+                          if name.endswith("/ plain loop"))  # fmt: skip
+        record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+                        f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {seconds['plain']:.2f} s/epoch; "
+                        f"per epoch / plain loop: {cells}; start-up s: "
+                        f"{', '.join(f'{side} {v:.1f}' for side, v in startups.items())} |"], RESULTS_MD)  # fmt: skip
 
 
 def run(argv: list[str]) -> int:

@@ -1,9 +1,10 @@
-"""`--record` for the benchmark scripts: add markdown table rows to docs/benchmarks.md, above the
-marker line that ends each table."""
+"""`--record` for the benchmark scripts: add markdown table rows to docs/results.md (benchmark.py)
+or docs/benchmarks.md (the others), above the marker line that ends each table."""
 
 from pathlib import Path
 
-BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+BENCHMARKS_MD, RESULTS_MD = DOCS / "benchmarks.md", DOCS / "results.md"
 
 
 def record(marker: str, rows: list[str], path: Path = BENCHMARKS_MD) -> None:

@@ -22,16 +22,25 @@ def test_benchmark_trains_every_side_and_prints_the_ratios(real_data_dir):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = re.findall(
-        r"^\s+1 (plain|lightning|framework|command|framework_k4)\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
+        r"^\s+1 (plain|lightning|framework|command|framework_k1|plain_compiled|framework_compiled)\s+[\d.]+\s+[\d.]+\s+([\d.]+)",
         done.stdout, re.M,
     )  # fmt: skip
-    sides = ["command", "framework", "framework_k4", "lightning", "plain"]
+    sides = [
+        "command",
+        "framework",
+        "framework_compiled",
+        "framework_k1",
+        "lightning",
+        "plain",
+        "plain_compiled",
+    ]
     assert sorted(side for side, _ in rows) == sides, done.stdout
     assert all(float(acc) > 0.75 for _, acc in rows), rows  # chance is 0.10
-    accuracy = dict(rows)  # the framework's three ways train the same network the same way
-    assert accuracy["framework"] == accuracy["command"] == accuracy["framework_k4"]
+    accuracy = dict(rows)  # 4 steps per call or 1, in process or not: the same training
+    assert accuracy["framework"] == accuracy["command"] == accuracy["framework_k1"]
     for name in ("framework / plain loop", "lightning / plain loop", "framework / lightning",
-                 "command / plain loop", "framework_k4 / plain loop"):  # fmt: skip
+                 "command / plain loop", "framework_k1 / plain loop", "plain_compiled / plain loop",
+                 "framework_compiled / plain loop"):  # fmt: skip
         assert re.search(rf"^{name}, per epoch: \d+\.\d{{3}} ", done.stdout, re.M), name
 
 
@@ -62,7 +71,8 @@ def benchmark():
             ),
         ),
         (["--calls", "--epochs", "1"], "--epochs 1 leaves none; give --epochs 2 or more"),
-        (["--steps-per-call", "0"], "--steps-per-call 0: give 1 or more"),
+        (["--steps-per-call", "0"], "--steps-per-call 0: give auto or a whole number, 1 or more"),
+        (["--steps-per-call", "many"], "--steps-per-call many: give auto or a whole number"),
     ],
 )
 def test_benchmark_bad_arguments_end_in_one_message(args, said, benchmark, real_data_dir, monkeypatch, capsys):  # fmt: skip

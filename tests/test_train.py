@@ -306,6 +306,27 @@ def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
     assert acc_one == acc_four
 
 
+def test_auto_steps_per_call_picks_one_where_lightning_acts_per_call(make_config):
+    """auto makes 8 steps per call, 1 where a per-call setting is on or the trainer counts
+    training batches (trainer=fast counts 8), so those counts keep meaning batches."""
+    whole = "trainer.limit_train_batches=1.0"  # the share of the epoch: counts nothing
+    assert checks.steps_per_call(make_config(whole)) == checks.AUTO_STEPS_PER_CALL == 8
+    assert checks.steps_per_call(make_config()) == 1  # trainer=fast: limit_train_batches=8
+    for setting in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
+                    "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10",
+                    "++trainer.fast_dev_run=true", "++trainer.overfit_batches=10",
+                    "++trainer.val_check_interval=100"):  # fmt: skip
+        assert checks.steps_per_call(make_config(whole, setting)) == 1, setting
+    assert checks.steps_per_call(make_config("module.steps_per_call=4")) == 4  # a number is kept
+    for bad in (
+        "module.steps_per_call=0",
+        "module.steps_per_call=fast",
+        "module.steps_per_call=2.0",
+    ):
+        with pytest.raises(ConfigError, match="must be auto or a whole number >= 1"):
+            checks.check(make_config(bad))
+
+
 def test_several_steps_per_call_refuse_what_lightning_does_around_a_call(make_config):
     for clash in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
                   "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10"):  # fmt: skip

@@ -130,9 +130,9 @@ def check_module(module: DictConfig) -> None:
     for key in ("tta_hflip", "compile", "channels_last"):
         _rule(isinstance(module[key], bool), f"module.{key}={module[key]!r} must be true or false.")
     _rule(
-        is_whole(module.steps_per_call),
-        f"module.steps_per_call={module.steps_per_call!r} must be a whole number >= 1 (optimizer "
-        f"steps per call of the training step; 1 = Lightning's usual loop).",
+        module.steps_per_call == "auto" or is_whole(module.steps_per_call),
+        f"module.steps_per_call={module.steps_per_call!r} must be auto or a whole number >= 1 "
+        f"(optimizer steps per call of the training step; 1 = Lightning's usual loop).",
     )
     distill = module.distill
     teachers = distill.teachers
@@ -163,24 +163,54 @@ def check_callbacks(callbacks: DictConfig) -> None:
     )
 
 
-def check_steps_per_call(cfg: DictConfig) -> None:
-    """module.steps_per_call > 1 makes the optimizer steps itself (Lightning's manual
-    optimisation): what Lightning would do per step from the outside is not there."""
-    if cfg.module.steps_per_call == 1:
-        return
+# module.steps_per_call=auto: optimizer steps per call where nothing asks Lightning to act per call
+AUTO_STEPS_PER_CALL = 8
+
+
+def per_call_settings(cfg: DictConfig) -> dict[str, bool]:
+    """What Lightning does around each call of the training step (-> whether it is asked for).
+    With several optimizer steps per call it would act once per call, not once per step."""
     trainer = cfg.trainer
-    clashes = {
+    return {
         "callbacks.ema.decay": OmegaConf.select(cfg, "callbacks.ema.decay") is not None,
         "trainer.gradient_clip_val": bool(trainer.get("gradient_clip_val")),
         "trainer.accumulate_grad_batches": (trainer.get("accumulate_grad_batches") or 1) != 1,
         "trainer.max_steps": (trainer.get("max_steps") or -1) != -1,
     }
-    for key, clash in clashes.items():
+
+
+def counts_batches(cfg: DictConfig) -> bool:
+    """Whether the trainer is told a number of training batches (trainer.limit_train_batches=20,
+    fast_dev_run, overfit_batches=10, val_check_interval=100: debug modes): Lightning counts calls."""
+    trainer = cfg.trainer
+    counted = [
+        trainer.get(k) for k in ("limit_train_batches", "overfit_batches", "val_check_interval")
+    ]
+    return bool(trainer.get("fast_dev_run")) or any(is_whole(v) for v in counted)
+
+
+def steps_per_call(cfg: DictConfig) -> int:
+    """module.steps_per_call as a number. auto is AUTO_STEPS_PER_CALL, or 1 where a per-call setting
+    is asked for or the trainer counts batches (so that a count of batches still means batches)."""
+    value = cfg.module.steps_per_call
+    if value != "auto":
+        return value
+    busy = any(per_call_settings(cfg).values()) or counts_batches(cfg)
+    return 1 if busy else AUTO_STEPS_PER_CALL
+
+
+def check_steps_per_call(cfg: DictConfig) -> None:
+    """module.steps_per_call > 1 given as a number makes the optimizer steps itself (Lightning's
+    manual optimisation): what Lightning would do per step from the outside is not there."""
+    if cfg.module.steps_per_call in ("auto", 1):
+        return
+    for key, clash in per_call_settings(cfg).items():
         _rule(
             not clash,
             f"module.steps_per_call={cfg.module.steps_per_call} cannot be combined with {key}: "
             f"Lightning applies that around each call of the training step, which then makes "
-            f"several optimizer steps. Leave {key} at its default, or set module.steps_per_call=1.",
+            f"several optimizer steps. Leave {key} at its default, or set module.steps_per_call=1 "
+            f"(or auto, which picks 1 here).",
         )
 
 

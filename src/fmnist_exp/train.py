@@ -36,6 +36,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         cfg, previous = resume.prepare(cfg)  # resumed: the run's own config and folder
         if previous is not None and previous.status == "FINISHED":  # skip_finished=true
             return resume.skipped(cfg, previous)
+        cfg.module.steps_per_call = checks.steps_per_call(cfg)  # auto -> the number it makes
         L.seed_everything(cfg.seed, workers=True)
 
         # Data first: its training statistics go into the model's normalisation layer, and the

@@ -28,6 +28,7 @@ NOT_PART_OF_THE_EXPERIMENT = (  # where or how a run goes, or what it shows: not
     "resume",
     "skip_finished",
     "search",  # which trial of which study a job is (hparams_search=optuna)
+    "module.steps_per_call",  # how many optimizer steps per call: the same updates either way
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.default_root_dir",

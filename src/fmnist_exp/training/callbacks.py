@@ -154,6 +154,13 @@ def numpy_state_as_tensors() -> tuple:
     return (name, torch.from_numpy(key.copy()), *rest)
 
 
+def python_state_as_tensors() -> tuple:
+    """random.getstate() with its 625 numbers as one tensor: pickled as one object, not 625 (every
+    checkpoint carries it)."""
+    version, numbers, gauss_next = random.getstate()
+    return (version, torch.tensor(numbers, dtype=torch.int64), gauss_next)
+
+
 class RunState(L.Callback):
     """What every checkpoint carries besides the weights, so that a resumed run goes on as if it
     had never stopped: the MLflow run id, the training seconds so far (a resumed run's `time/fit_s`
@@ -177,7 +184,7 @@ class RunState(L.Callback):
         checkpoint["mlflow_run_id"] = self.run_id
         checkpoint["fit_seconds"] = self.seconds()
         checkpoint["random_states"] = {
-            "python": random.getstate(),
+            "python": python_state_as_tensors(),
             "numpy": numpy_state_as_tensors(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -188,7 +195,8 @@ class RunState(L.Callback):
             return
         self.earlier_legs = float(checkpoint["fit_seconds"])
         states = checkpoint["random_states"]
-        random.setstate(states["python"])
+        version, numbers, gauss_next = states["python"]
+        random.setstate((version, tuple(numbers.tolist()), gauss_next))
         name, key, *rest = states["numpy"]
         np.random.set_state((name, key.numpy(), *rest))
         torch.set_rng_state(states["torch"])
