@@ -281,8 +281,8 @@ def test_an_ema_decay_outside_0_1_names_the_key(make_config, decay):
 
 
 def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
-    """module.steps_per_call=4 (Lightning's loop once per four batches; the module makes the four
-    optimizer steps) against the usual loop: the same batches, augmentation, dropout draws, cosine
+    """module.steps_per_call=4 and auto (Lightning's loop once per four or sixteen batches; the
+    module makes the optimizer steps) against the usual loop: the same batches, augmentation, dropout draws, cosine
     schedule and optimizer state, so the last checkpoint's weights are bit for bit the same, over
     epochs of 15 steps (960 images, batch 64) whose last call makes 3."""
     from conftest import compose_config
@@ -290,27 +290,30 @@ def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
     common = ["trainer.max_epochs=2", "trainer.limit_train_batches=null", "data.val_size=59040",
               "logger.log_model=false", "data.augment.hflip=true", "model.dropout=0.2"]  # fmt: skip
     states = {}
-    for k in (1, 4):
+    for k in (1, 4, "auto"):  # auto: 16 steps per call, so each epoch is one call of 15
         cfg = compose_config(
             [*common, f"module.steps_per_call={k}"], tmp_path / f"k{k}", real_data_dir
         )
         results = train(cfg)
+        assert cfg.module.steps_per_call == {1: 1, 4: 4, "auto": 16}[k]  # what train() made
         last = torch.load(
             tmp_path / f"k{k}" / "run" / "checkpoints" / "last.ckpt", weights_only=False
         )
         states[k] = (last["state_dict"], last["global_step"], results["test/acc"])
-    (one, steps_one, acc_one), (four, steps_four, acc_four) = states[1], states[4]
-    assert steps_one == steps_four == 2 * 15  # 960 images, batch 64: 15 optimizer steps an epoch
-    assert one.keys() == four.keys()
-    assert all(torch.equal(one[key], four[key]) for key in one)
-    assert acc_one == acc_four
+    (one, steps_one, acc_one) = states[1]
+    for k in (4, "auto"):
+        several, steps, acc = states[k]
+        assert steps_one == steps == 2 * 15  # 960 images, batch 64: 15 optimizer steps an epoch
+        assert one.keys() == several.keys()
+        assert all(torch.equal(one[key], several[key]) for key in one), k
+        assert acc_one == acc, k
 
 
 def test_auto_steps_per_call_picks_one_where_lightning_acts_per_call(make_config):
-    """auto makes 8 steps per call, 1 where a per-call setting is on or the trainer counts
+    """auto makes 16 steps per call, 1 where a per-call setting is on or the trainer counts
     training batches (trainer=fast counts 8), so those counts keep meaning batches."""
     whole = "trainer.limit_train_batches=1.0"  # the share of the epoch: counts nothing
-    assert checks.steps_per_call(make_config(whole)) == checks.AUTO_STEPS_PER_CALL == 8
+    assert checks.steps_per_call(make_config(whole)) == checks.AUTO_STEPS_PER_CALL == 16
     assert checks.steps_per_call(make_config()) == 1  # trainer=fast: limit_train_batches=8
     for setting in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
                     "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10",

@@ -164,7 +164,7 @@ def check_callbacks(callbacks: DictConfig) -> None:
 
 
 # module.steps_per_call=auto: optimizer steps per call where nothing asks Lightning to act per call
-AUTO_STEPS_PER_CALL = 8
+AUTO_STEPS_PER_CALL = 16
 
 
 def per_call_settings(cfg: DictConfig) -> dict[str, bool]:
