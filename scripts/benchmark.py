@@ -300,6 +300,18 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def commit() -> str:
+    """' at <short commit>' of this checkout (with '+' if it has uncommitted changes), for a
+    recorded row; '' outside a git checkout."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return ""
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return f" at {head.stdout.strip()}{'+' if dirty else ''}"
+
+
 def machine(device: torch.device) -> str:
     """The device and the versions that decide the speed, for a recorded row."""
     return (f"{device_name(device)}; Python {platform.python_version()}, torch {torch.__version__}, "
@@ -354,7 +366,7 @@ def main(argv: list[str]) -> None:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    command = "python scripts/benchmark.py " + " ".join(argv)
+    command = f"`python scripts/benchmark.py {' '.join(argv)}`{commit()}"  # for recorded rows
     common = [f"trainer.accelerator={accelerator}", f"trainer.precision={args.precision}",
               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
               f"module.steps_per_call={k}"]  # fmt: skip
@@ -376,7 +388,7 @@ def main(argv: list[str]) -> None:
             )
             print(f"final test/acc (best val checkpoint) {results['test/acc']:.4f}")
             if args.record:
-                record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | time to accuracy | "
+                record(MARKER, [f"| {date.today()} | {machine(device)} | {command} | time to accuracy | "
                         f"{' / '.join(cells)} (90/92/94%); best-checkpoint test acc {results['test/acc']:.4f} |"], RESULTS_MD)  # fmt: skip
             return
 
@@ -420,7 +432,7 @@ def main(argv: list[str]) -> None:
             cells = ", ".join(f"{side} {n:.0f} ({n / per_step['plain']:.2f}x)" for side, n in per_step.items())  # fmt: skip
             print(f"{args.model}, batch {args.batch_size}: Python function calls per optimizer step, epochs 2..{args.epochs}: {cells}")  # fmt: skip
             if args.record:
-                record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+                record(MARKER, [f"| {date.today()} | {machine(device)} | {command} | {args.model}, batch {args.batch_size}, "
                         f"{args.epochs} epochs | Python calls per optimizer step: {cells} |"], RESULTS_MD)  # fmt: skip
             return
         rounds, names = [], list(sides)
@@ -480,7 +492,7 @@ def main(argv: list[str]) -> None:
 
         cells = "; ".join(f"{name.split(' / ')[0]} {cell(name)}" for name in ratios
                           if name.endswith("/ plain loop"))  # fmt: skip
-        record(MARKER, [f"| {date.today()} | {machine(device)} | `{command}` | {args.model}, batch {args.batch_size}, "
+        record(MARKER, [f"| {date.today()} | {machine(device)} | {command} | {args.model}, batch {args.batch_size}, "
                         f"{args.epochs} epochs x {args.rounds} rounds, {args.precision} | plain {seconds['plain']:.2f} s/epoch; "
                         f"per epoch / plain loop: {cells}; start-up s: "
                         f"{', '.join(f'{side} {v:.1f}' for side, v in startups.items())} |"], RESULTS_MD)  # fmt: skip
