@@ -87,7 +87,7 @@ serve: $(VENV)/.installed  ## web app on http://127.0.0.1:8000 for the best run 
 predict: $(VENV)/.installed  ## classify images: make predict ARGS="inputs=photos/ [model_uri=best] [out=preds.csv]"
 	$(PY) -m fmnist_exp.predict $(ARGS)
 
-bench: setup  ## plain PyTorch loop vs bare Lightning vs the framework: s/epoch and ratios (ARGS="--device cuda --record ...")
+bench: setup  ## the framework vs a plain PyTorch loop (eager and compiled) and bare Lightning, both overhead-bound regimes (ARGS="--device cuda --record ...")
 	$(PY) scripts/benchmark.py $(ARGS)
 
 screenshot: setup browser  ## docs/serve_page.png, taken by the browser test

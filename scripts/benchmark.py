@@ -301,14 +301,14 @@ def device_name(device: torch.device) -> str:
 
 
 def commit() -> str:
-    """' at <short commit>' of this checkout (with '+' if it has uncommitted changes), for a
-    recorded row; '' outside a git checkout."""
+    """' at <short commit>' of this checkout (with '+' if it has uncommitted changes outside docs/,
+    where the rows go), for a recorded row; '' outside a git checkout."""
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         return ""
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    changed = [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"]
+    dirty = subprocess.run(changed, capture_output=True, text=True).stdout.strip()
     return f" at {head.stdout.strip()}{'+' if dirty else ''}"
 
 
