@@ -309,6 +309,23 @@ def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
         assert acc_one == acc, k
 
 
+def test_training_sums_keep_no_graph(tmp_path, real_data_dir):
+    """The epoch's device sums (loss, right answers) are detached, one step per call or several: a
+    sum tied to each step's graph would keep every step's activations alive to the epoch's end."""
+    held = []
+
+    class Probe(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            held.append([pl_module.train_sums[k].requires_grad for k in ("loss", "correct")])
+
+    from conftest import compose_config
+
+    for k in (1, 4):
+        overrides = ["logger.log_model=false", f"module.steps_per_call={k}"]
+        train(compose_config(overrides, tmp_path / f"k{k}", real_data_dir), [Probe()])
+    assert held == [[False, False], [False, False]]
+
+
 def test_auto_steps_per_call_picks_one_where_lightning_acts_per_call(make_config):
     """auto makes 16 steps per call, 1 where a per-call setting is on or the trainer counts
     training batches (trainer=fast counts 8), so those counts keep meaning batches."""

@@ -118,7 +118,7 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:
             loss, logits = self._loss(batch)
-            self._count(loss.reshape(1), [len(batch[1])], logits, batch[1])
+            self._count(loss.detach().reshape(1), [len(batch[1])], logits, batch[1])
         else:  # a list of batches: one optimizer step each, as Lightning would make them
             optimizer, scheduler = self.optimizers(), self.lr_schedulers()
             losses, outputs = [], []
@@ -145,7 +145,7 @@ class Classifier(L.LightningModule):
     def on_fit_start(self) -> None:
         # Under steps_per_call > 1, on one device with no loss scaling, Lightning's manual_backward
         # only adds its hooks around loss.backward() (on_before_backward and on_after_backward, fanned
-        # out to every callback: about 40% of the Python calls of a step): call loss.backward() itself.
+        # out to every callback: about 360 Python calls a step), so call loss.backward() itself.
         # A gradient scaler (precision=16-mixed) or DDP (its reducer is prepared before each backward)
         # needs Lightning's. The optimizer step stays Lightning's: it counts global_step.
         plain = isinstance(self.trainer.strategy, SingleDeviceStrategy) and (
@@ -154,8 +154,9 @@ class Classifier(L.LightningModule):
         self._backward = torch.Tensor.backward if plain else self.manual_backward
 
     def _count(self, losses, sizes: list[int], logits, labels) -> None:
-        """Adds optimizer steps to the epoch's device sums: losses [steps] (each its batch's mean),
-        the batches' sizes (all one size but an epoch's last), their logits and labels."""
+        """Adds optimizer steps to the epoch's device sums: losses [steps] (each its batch's mean,
+        detached: the sums keep no graph), the batches' sizes (all one size but an epoch's last),
+        their logits and labels."""
         sums, size = self.train_sums, sizes[0]
         if sizes[-1] == size:
             sums["loss"].add_(losses.sum(), alpha=size)
