@@ -334,6 +334,7 @@ def test_auto_steps_per_call_picks_one_where_lightning_acts_per_call(make_config
     assert checks.steps_per_call(make_config()) == 1  # trainer=fast: limit_train_batches=8
     for setting in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
                     "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10",
+                    "++callbacks.model_checkpoint.every_n_train_steps=100",
                     "++trainer.fast_dev_run=true", "++trainer.overfit_batches=10",
                     "++trainer.val_check_interval=100"):  # fmt: skip
         assert checks.steps_per_call(make_config(whole, setting)) == 1, setting
@@ -349,7 +350,8 @@ def test_auto_steps_per_call_picks_one_where_lightning_acts_per_call(make_config
 
 def test_several_steps_per_call_refuse_what_lightning_does_around_a_call(make_config):
     for clash in ("callbacks.ema.decay=0.99", "++trainer.gradient_clip_val=1.0",
-                  "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10"):  # fmt: skip
+                  "++trainer.accumulate_grad_batches=2", "++trainer.max_steps=10",
+                  "++callbacks.model_checkpoint.every_n_train_steps=100"):  # fmt: skip
         key = clash.lstrip("+").split("=")[0]
         with pytest.raises(ConfigError, match=f"steps_per_call=4 cannot be combined with {key}"):
             checks.check(make_config("module.steps_per_call=4", clash))

@@ -176,6 +176,10 @@ def per_call_settings(cfg: DictConfig) -> dict[str, bool]:
         "trainer.gradient_clip_val": bool(trainer.get("gradient_clip_val")),
         "trainer.accumulate_grad_batches": (trainer.get("accumulate_grad_batches") or 1) != 1,
         "trainer.max_steps": (trainer.get("max_steps") or -1) != -1,
+        # checked after each call: a multiple of it that falls inside a call is never seen
+        "callbacks.model_checkpoint.every_n_train_steps": bool(
+            OmegaConf.select(cfg, "callbacks.model_checkpoint.every_n_train_steps")
+        ),
     }
 
 
