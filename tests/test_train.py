@@ -282,9 +282,9 @@ def test_an_ema_decay_outside_0_1_names_the_key(make_config, decay):
 
 def test_several_steps_per_call_train_exactly_like_one(tmp_path, real_data_dir):
     """module.steps_per_call=4 and auto (Lightning's loop once per four or sixteen batches; the
-    module makes the optimizer steps) against the usual loop: the same batches, augmentation, dropout draws, cosine
-    schedule and optimizer state, so the last checkpoint's weights are bit for bit the same, over
-    epochs of 15 steps (960 images, batch 64) whose last call makes 3."""
+    module makes the optimizer steps) against the usual loop: the same batches, augmentation,
+    dropout draws, cosine schedule and optimizer state, so the last checkpoint's weights are bit
+    for bit the same, over epochs of 15 steps (960 images, batch 64) whose last call makes 3."""
     from conftest import compose_config
 
     common = ["trainer.max_epochs=2", "trainer.limit_train_batches=null", "data.val_size=59040",
