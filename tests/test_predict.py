@@ -240,3 +240,44 @@ def test_every_app_has_help_with_its_options(app, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"python -m fmnist_exp.{app}")  # the header names the app
     assert "tracking_uri: ${fmnist.tracking_uri:}  # $MLFLOW_TRACKING_URI" in out
+
+
+def test_out_never_overwrites_an_input_and_is_checked_before_any_work(tmp_path, real_data, capsys):
+    """out= naming an input, a file under an input folder, a folder or an unwritable place: one
+    paragraph before the model loads (the store here is empty: had it got that far, `best` would
+    fail instead), and the user's files keep every byte."""
+    pixels = tmp_path / "pixels.csv"
+    pd.DataFrame(real_data.test_images[:3].reshape(3, -1).numpy()).to_csv(pixels, index=False)
+    before = pixels.read_bytes()
+    folder = write_pngs(tmp_path / "pngs", real_data.test_images[:2], real_data.test_labels[:2])
+    store = f"sqlite:///{tmp_path / 'empty.db'}"
+    for inputs, out, said in [
+        (pixels, pixels, "is one of the inputs"),
+        (f"[{folder},{pixels}]", f"{folder}/../pixels.csv", "is one of the inputs"),
+        (folder, folder / "preds.csv", "is inside the input folder"),
+        (pixels, tmp_path, "is a folder"),
+        (pixels, "/proc/preds.csv", "cannot be written"),
+    ]:
+        assert predict.main([f"inputs={inputs}", f"out={out}", f"tracking_uri={store}"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"predict: out={out} {said}" in err and "Traceback" not in err, err
+    assert pixels.read_bytes() == before and not (folder / "preds.csv").exists()
+
+
+def test_names_from_outside_reach_the_terminal_without_control_characters(
+    tmp_path, trained_model, real_data, capsys
+):
+    """A file name can hold escape sequences (set the terminal's title, colours, move the cursor)
+    and bidirectional overrides: predict prints them escaped, labels and skips as usual."""
+    folder = write_pngs(tmp_path / "pngs", real_data.test_images[:2], real_data.test_labels[:2])
+    first, second = sorted(folder.rglob("*.png"))
+    first.rename(first.with_name("evil\x1b]0;owned\x07\u202egnp.png"))
+    second.rename(broken := second.with_name("bad\x1b[31mred.png"))
+    broken.write_bytes(b"not a picture")
+    store = trained_model["tracking_uri"]
+    assert predict.main([f"inputs={folder}", f"tracking_uri={store}"]) == 1
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\x1b" not in stream and "\u202e" not in stream and "\x07" not in stream
+    assert "evil\\x1b]0;owned\\x07\\u202egnp.png" in captured.out
+    assert "bad\\x1b[31mred.png" in captured.err

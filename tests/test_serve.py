@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,19 +248,10 @@ CHROMEDRIVER = shutil.which("chromedriver") or (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (`make setup` installs them where apt-get can run as root)",
-)
-def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tmp_path):
+def chrome():
+    """Headless Chromium driven by Selenium, its console log kept."""
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    images, probs = expected
-    picture = tmp_path / "ankle_boot.png"
-    Image.fromarray(images[0]).resize((280, 280)).save(picture)  # a bigger picture, as users have
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -269,7 +261,23 @@ def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tm
         "--window-size=900,760",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (`make setup` installs them where apt-get can run as root)",
+)
+def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images, probs = expected
+    picture = tmp_path / "ankle_boot.png"
+    Image.fromarray(images[0]).resize((280, 280)).save(picture)  # a bigger picture, as users have
+    driver = chrome()
     try:
         driver.get(live_server + "/")
         seen = driver.find_element(By.ID, "seen")  # no picture yet: not shown (no broken image)
@@ -284,6 +292,84 @@ def test_browser_uploads_a_picture_and_reads_the_label(live_server, expected, tm
         shot = Path(os.environ.get("FMNIST_SCREENSHOT", tmp_path / "serve_page.png"))
         shot.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+
+
+HOSTILE = "<img src=x onerror=document.title='owned'>"
+
+
+@pytest.fixture
+def hostile_server():
+    """Our app in a real uvicorn (a thread here) around a model whose classes came from folders
+    named by a stranger: one is an HTML element with an inline event handler."""
+    import threading
+
+    import uvicorn
+
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3), torch.nn.Softmax(1))
+    names = (HOSTILE, "<b>bold</b>", "Кофта")
+    model = inference.LoadedModel(network, "runs:/hostile/model", names)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(300):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", names
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_page_has_a_policy_against_inline_handlers(client):
+    policy = client.get("/").headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy
+    assert "unsafe-inline" not in policy
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
+)
+def test_class_and_file_names_are_shown_as_text_in_a_real_browser(hostile_server, tmp_path):
+    """One upload (the result line and the bars) and a batch (the table): every name shows
+    literally, no element is made from it, and its handler never runs."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, names = hostile_server
+    pictures = []
+    for name in ("<img src=y onerror=alert(1)>.png", "plain.png"):
+        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / name)
+        pictures.append(tmp_path / name)
+    driver = chrome()
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "file").send_keys(str(pictures[0]))
+        label = WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.ID, "label").text or None
+        )
+        assert label in names
+        shown = [
+            b.find_element(By.TAG_NAME, "span").text
+            for b in driver.find_elements(By.CSS_SELECTOR, "#bars .bar")
+        ]
+        assert shown == list(names)
+        driver.find_element(By.ID, "file").send_keys("\n".join(map(str, pictures)))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#batch tbody tr")
+        )
+        cells = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#batch tbody td")]
+        assert cells[0] == pictures[0].name and cells[1] in names
+        assert not driver.find_elements(
+            By.CSS_SELECTOR, "#result img:not(#seen), #batch img, #bars img, b"
+        )
+        assert driver.title != "owned"
+        assert not [e for e in driver.get_log("browser") if "owned" in e["message"]]
     finally:
         driver.quit()
 

@@ -261,7 +261,37 @@ def check_predict(cfg: DictConfig) -> list[Path]:
     check_whole("predict", "show", cfg.show, 0)
     for path in map(Path, paths):  # before the model loads: a typo costs no wait
         _rule(path.exists(), f"predict: inputs: {path} does not exist ({example}).")
+    if cfg.out:
+        check_out(Path(cfg.out), [Path(p) for p in paths])
     return [Path(p) for p in paths]
+
+
+def check_out(out: Path, inputs: list[Path]) -> None:
+    """predict's out= is a new or replaceable CSV: never one of the inputs (a CSV of pixels would
+    be overwritten with predictions), never a folder, and writable; checked before any work."""
+    hint = "Give out= a new file name, e.g. out=predictions.csv."
+    _rule(not out.is_dir(), f"predict: out={out} is a folder; out= names the CSV to write. {hint}")
+    target = out.resolve()
+    for path in inputs:
+        inside = path.is_dir() and target.is_relative_to(path.resolve())
+        _rule(
+            not (inside or (path.is_file() and target == path.resolve())),
+            f"predict: out={out} is {'inside the input folder' if inside else 'one of the inputs'} "
+            f"{path}: writing there would {'add to' if inside else 'overwrite'} what is labelled. "
+            f"{hint}",
+        )
+    existed = out.exists()
+    try:  # a real try, not os.access: root passes that check on a read-only disk or in /proc
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):  # appends nothing: an existing file keeps its bytes until the end
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"predict: out={out} cannot be written ({exc.strerror or exc}). Give out= a path in a "
+            f"folder you can write to; nothing was computed."
+        ) from exc
 
 
 def check_serve(cfg: DictConfig) -> None:

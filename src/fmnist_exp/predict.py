@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from fmnist_exp import checks, inference
 from fmnist_exp.app import hydra_app
 from fmnist_exp.data.inputs import read_inputs
+from fmnist_exp.errors import printable
 
 
 def predict_table(model: inference.LoadedModel, names, images: np.ndarray, labels, batch_size: int):
@@ -55,8 +56,11 @@ def run(cfg: DictConfig) -> int:
     found = read_inputs(paths, model.class_names)
     table = predict_table(model, found.names, found.images, found.labels, cfg.batch_size)
     show = cfg.show
+    shown = table.head(show).copy()  # names from outside: printed without their control characters
+    for column in ("input", "class_name", "top3"):
+        shown[column] = shown[column].map(printable)
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(table.head(show).to_string(index=False))
+        print(shown.to_string(index=False))
     if len(table) > show:
         print(f"... {len(table) - show} more rows" + (" (all in out=)" if cfg.out else ""))
     if (acc := accuracy(table)) is not None:
@@ -66,9 +70,9 @@ def run(cfg: DictConfig) -> int:
         out = Path(cfg.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
-        print(f"wrote {out} ({len(table)} rows)")
+        print(f"wrote {printable(out)} ({len(table)} rows)")
     for message in found.failed:
-        print(f"skipped: {message}", file=sys.stderr)
+        print(f"skipped: {printable(message)}", file=sys.stderr)
     if found.failed:
         print(f"{len(found.failed)} input(s) could not be read; the other {len(table)} are labelled above.",
               file=sys.stderr)  # fmt: skip
