@@ -73,13 +73,40 @@ def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
         ("model.kernel_size=true", "model.kernel_size=True must be a positive int"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no limit) leaves the learning-rate"),
         ("trainer.max_epochs=-5", "trainer.max_epochs=-5 must be a whole number of passes"),
+        # a key the run does not read, added with + or ++: refused, not recorded as if it acted
+        ("+module.label_smothing=0.1", "+module.label_smothing=0.1: the run reads no module.label_smothing, so it would be recorded in MLflow and change nothing; did you mean module.label_smoothing?"),
+        ("++module.label_smothing=0.1", "did you mean module.label_smoothing?"),
+        ("+logger.register_models=fm", "did you mean logger.register_model?"),
+        ("+skip_finish=true", "+skip_finish=true: the run reads no skip_finish"),
+        ("+scheduler.warmup=100", "did you mean scheduler.warmup_steps?"),
+        ("+data.val_sise=100", "did you mean data.val_size?"),
+        ("~module.tta_hflip", "~module.tta_hflip: the run reads module.tta_hflip"),
+        ("scheduler=one_cycle scheduler.pct_start=1.5", "refused the scheduler settings (scheduler.pct_start=1.5"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_paragraph_and_leaves_no_run(
     run_main, tmp_path, real_data_dir, override, expected
 ):
-    done = run_main(*fast(tmp_path, real_data_dir), override)
+    done = run_main(*fast(tmp_path, real_data_dir), *override.split())
     assert_one_paragraph_error(done, expected)
+    assert not (tmp_path / "mlflow.db").exists() or runs_in(f"sqlite:///{tmp_path}/mlflow.db") == []
+
+
+def test_added_keys_take_effect_where_a_constructor_checks_them(run_main, tmp_path, real_data_dir):
+    """++ on a key the files have is a plain change; a Lightning argument added under trainer.
+    reaches the Trainer (its constructor refuses typos: the case above); an added key in a sweep is
+    refused before the sweep's parent run exists."""
+    from fmnist_exp import checks
+
+    args = ["++module.label_smoothing=0.1", "++trainer.limit_val_batches=3", "+logger.tags.team=a"]
+    checks.check_added_keys(args)  # nothing raised
+    done = run_main(
+        "--multirun",
+        *fast(tmp_path, real_data_dir),
+        "+module.label_smothing=0.1,0.2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
+    assert_one_paragraph_error(done, "did you mean module.label_smoothing?")
     assert not (tmp_path / "mlflow.db").exists() or runs_in(f"sqlite:///{tmp_path}/mlflow.db") == []
 
 

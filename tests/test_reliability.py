@@ -16,6 +16,7 @@ import mlflow
 import pytest
 import torch
 from conftest import REPO, run_cli, wait_until_it_answers
+from omegaconf import OmegaConf
 
 from fmnist_exp import report
 from fmnist_exp.models import LeNet, count_parameters
@@ -171,6 +172,50 @@ def test_a_resumed_run_ends_with_exactly_the_weights_of_one_never_stopped(tmp_pa
     for weights in ("state_dict", "current_model_state"):  # the average, the raw weights
         for name, value in a[weights].items():
             assert torch.equal(value, b[weights][name]), (weights, name)
+
+
+def test_resume_refuses_overrides_it_would_ignore_and_fills_keys_added_since(
+    run_main, tmp_path, real_data_dir
+):
+    """resume=<id> continues with the run's saved config: a new value for a setting would be
+    silently ignored, so it is refused, naming each key and the run's own value; settings of how a
+    run shows are taken from the command. A saved config without a key this version reads (one
+    added since) continues with the key's default, said once."""
+    import lightning as L
+    from conftest import compose_config
+
+    from fmnist_exp.train import train
+    from fmnist_exp.training.callbacks import RunInterrupted
+
+    class StopAtEpoch1(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise RunInterrupted("SIGTERM")
+
+    cut = compose_config(["trainer.max_epochs=2", "trainer.limit_train_batches=5",
+                          "logger.log_model=false"], tmp_path, real_data_dir)  # fmt: skip
+    with pytest.raises(RunInterrupted):
+        train(cut, extra_callbacks=[StopAtEpoch1()])
+    (killed,) = runs(tmp_path / "mlruns")
+    where = [f"logger.tracking_uri={cut.logger.tracking_uri}"]
+    done = run_main(
+        *where, f"resume={killed.info.run_id}", "trainer.max_epochs=6", "optimizer.lr=0.1"
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    said = " ".join(done.stderr.split())
+    assert "trainer.max_epochs=6 (the run has trainer.max_epochs=2)" in said
+    assert "optimizer.lr=0.1 (the run has optimizer.lr=0.001)" in said
+    assert "Resume with the same command without them, or start a new run" in said
+
+    saved = tmp_path / "run" / "config.yaml"
+    old = OmegaConf.load(saved)
+    del old.module["steps_per_call"]  # as a run saved before the key existed
+    OmegaConf.save(old, saved)
+    done = run_main(*where, f"resume={killed.info.run_id}", "trainer.enable_progress_bar=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved config has no module.steps_per_call") == 1
+    (run,) = runs(tmp_path / "mlruns")
+    assert run.info.status == "FINISHED" and run.data.params["module.steps_per_call"] == "1"
 
 
 def test_resume_errors_are_clear(run_main, tmp_path, real_data_dir):

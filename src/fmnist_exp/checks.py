@@ -7,8 +7,13 @@ an empty sweep range in tracking/sweep.py (it is an override, not a value).
 """
 
 from collections.abc import Callable, Mapping
+from difflib import get_close_matches
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.data.augment import AUGMENTATIONS
@@ -35,6 +40,8 @@ def _rule(ok: bool, message: str) -> None:
 
 def check(cfg: DictConfig) -> None:
     """All rules on a composed train.yaml, in the order of the run."""
+    if HydraConfig.initialized():  # composed from a command line: what it added is read
+        check_added_keys(list(HydraConfig.get().overrides.task))
     for block in ("module.distill", "callbacks.ema", "data.augment"):
         check_block(cfg, block)
     check_run(cfg)
@@ -43,6 +50,70 @@ def check(cfg: DictConfig) -> None:
     check_callbacks(cfg.callbacks)
     check_trainer(cfg)
     check_steps_per_call(cfg)
+
+
+# Blocks whose keys go to a constructor that refuses what it does not take (Lightning's Trainer, the
+# network, the torch optimizer, each callback), or that hold free-form entries (tags, file digests):
+# `++trainer.<Lightning argument>=...` adds a real setting there. Every other key the run reads is
+# in conf/, so a key added anywhere else (`+module.label_smothing=0.1`) would be recorded and ignored.
+OPEN_BLOCKS = ("trainer", "model", "optimizer", "callbacks", "logger.tags", "data.md5", "search",
+               "hydra")  # fmt: skip
+
+
+def _in_block(key: str, blocks: tuple[str, ...]) -> bool:
+    return any(key == b or key.startswith(f"{b}.") for b in blocks)
+
+
+def _keys(node, prefix: str = "") -> list[str]:
+    """Every key path in a config, blocks and leaves."""
+    found = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        found.append(path)
+        if isinstance(value, Mapping):
+            found += _keys(value, f"{path}.")
+    return found
+
+
+def composed_from_files(overrides: list[str]) -> DictConfig:
+    """train.yaml with the given overrides: what the config files define for those choices."""
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app
+        return compose("train", overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose("train", overrides=overrides)
+
+
+def check_added_keys(overrides: list[str]) -> None:
+    """An override that adds a key (`+key=`, or `++key=` where the files have none) or removes one
+    (`~key`) outside OPEN_BLOCKS is refused, naming the closest real key: the run reads only the
+    keys in conf/, so an added one would be recorded in MLflow as if it had taken effect.
+    (Hydra's `+` opens even a structured config's node, so its schemas cannot refuse these.)"""
+    parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if o.package is None]
+    groups = [o for o in parsed if (config_dir() / o.key_or_group).is_dir()]
+    changes = [o for o in parsed if o not in groups and not _in_block(o.key_or_group, OPEN_BLOCKS)]
+    suspects = [o for o in changes if o.is_add() or o.is_force_add() or o.is_delete()]
+    if not suspects:
+        return
+    plain = [o.input_line for o in parsed if not (o in suspects or o.is_sweep_override())]
+    known = _keys(OmegaConf.to_container(composed_from_files(plain)))  # unresolved
+    for override in suspects:
+        key = override.key_or_group
+        if override.is_force_add() and key in known:  # ++ on a key the files have: a change
+            continue
+        if override.is_delete():
+            raise ConfigError(
+                f"{override.input_line}: the run reads {key}; removing it would end the run with a "
+                f"missing setting. Set it to another value instead ({key}=...)."
+            )
+        close = get_close_matches(key, [k for k in known if not k.startswith("hydra")], 1, 0.6)
+        instead = f"did you mean {close[0]}? Set it as {close[0]}=..." if close else (
+            "The keys the run reads are in conf/ (python -m fmnist_exp --cfg job lists them)."
+        )  # fmt: skip
+        raise ConfigError(
+            f"{override.input_line}: the run reads no {key}, so it would be recorded in MLflow "
+            f"and change nothing; {instead} (only trainer., model., optimizer., callbacks. and "
+            f"logger.tags. take added keys: their constructors check them)."
+        )
 
 
 def check_block(cfg: DictConfig, key: str) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fmnist_exp.errors import UserError
@@ -206,9 +208,96 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Previous | None]:
         raise UserError(
             f"resume: run {previous.run_id} has no {saved}; start it again without resume=."
         )
-    run_cfg = OmegaConf.load(saved)  # the run's own resolved config, on the store we found it in
+    run_cfg = OmegaConf.create(  # the run's own resolved config, on the store we found it in
+        reconcile(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(
+            OmegaConf.load(saved)), previous.run_id, command_overrides())
+    )  # fmt: skip
     run_cfg.logger.tracking_uri, run_cfg.resume = cfg.logger.tracking_uri, previous.run_id
     return run_cfg, previous
+
+
+# Settings a resumed run takes from the command rather than from its saved config: how it shows,
+# and how many optimizer steps it makes per call (the same updates either way).
+APPLIED_ON_RESUME = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "callbacks.progress_bar",
+    "module.steps_per_call",
+)
+WHERE_IT_RUNS = ("resume", "skip_finished", "paths", "hydra", "logger.tracking_uri")
+_MISSING = object()
+
+
+def command_overrides() -> list[str]:
+    """The overrides this command was given (none when the config was not composed by Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _select(plain: dict, key: str):
+    node = plain
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _assign(plain: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        plain = plain.setdefault(part, {})
+    plain[last] = value
+
+
+def _fill_missing(saved: dict, command: dict, prefix: str = "") -> list[str]:
+    """Keys this version reads that the saved config lacks (a setting added since the run
+    started): taken from the command's config, in place; returns their paths."""
+    added = []
+    for key, value in command.items():
+        path = f"{prefix}{key}"
+        if path == "hydra":
+            continue
+        if key not in saved:
+            saved[key] = copy.deepcopy(value)
+            added.append(path)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            added += _fill_missing(saved[key], value, f"{path}.")
+    return added
+
+
+def reconcile(command: dict, saved: dict, run_id: str, overrides: list[str]) -> dict:
+    """The config a resumed run continues with: its saved one, plus any key added to fmnist-exp
+    since (at the command's value, said once) and the command's APPLIED_ON_RESUME settings. Any
+    other override that differs from the saved config is refused: it would be silently ignored."""
+    if added := _fill_missing(saved, command):
+        values = ", ".join(f"{k}={_select(saved, k)}" for k in added)
+        print(f"resume: run {run_id}'s saved config has no {', '.join(added)} (added since it "
+              f"started); it continues with {values}.")  # fmt: skip
+    differ = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.replace("/", ".")
+        if any(key == w or key.startswith(f"{w}.") for w in WHERE_IT_RUNS):
+            continue
+        if any(key == a or key.startswith(f"{a}.") for a in APPLIED_ON_RESUME):
+            _assign(saved, key, copy.deepcopy(_select(command, key)))
+            continue
+        ours, theirs = experiment_part(command), experiment_part(saved)
+        if _select(ours, key) is _MISSING and _select(theirs, key) is _MISSING:
+            ours, theirs = command, saved  # outside the experiment: logger.log_model, ...
+        mine, its = (integral_floats_as_ints(_select(c, key)) for c in (ours, theirs))
+        if mine != its:
+            differ.append((override.input_line, key, its))
+    if differ:
+        theirs = "; ".join(
+            f"{line} (the run has {key}={'(none)' if v is _MISSING else json.dumps(v, default=str)})"
+            for line, key, v in differ
+        )
+        raise UserError(
+            f"resume: run {run_id} continues with its own saved config, so these overrides would "
+            f"be ignored: {theirs}. Resume with the same command without them, or start a new run "
+            f"with them (drop resume=)."
+        )
+    return saved
 
 
 def skipped(cfg: DictConfig, previous: Previous) -> dict[str, float]:

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fmnist_exp import checks
 from fmnist_exp.errors import ConfigError, UserError, one_paragraph
 from fmnist_exp.tracking import search, store
 
@@ -182,6 +183,7 @@ class MLflowSweep(Callback):
         uri, sweep_dir = config.logger.tracking_uri, Path(config.hydra.sweep.dir)
         try:
             check_sweep_ranges(list(config.hydra.overrides.task))
+            checks.check_added_keys(list(config.hydra.overrides.task))
             if is_search(config):
                 search.prepare(config.hydra.sweeper, config, list(config.hydra.overrides.task))
             experiment_id = store.ensure_store(uri, config.logger.experiment)

@@ -190,15 +190,23 @@ class Classifier(L.LightningModule):
     def make_optimizer(self) -> torch.optim.Optimizer:
         """The `optimizer` config on this model's parameters. A value torch refuses (optimizer.lr=-1)
         is a ConfigError naming the group's settings; train() builds it once before the run exists."""
+        return self._build("optimizer", params=self.parameters())
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        """The `scheduler` config around `optimizer`; a value it refuses (scheduler.pct_start=1.5) is
+        a ConfigError like the optimizer's, and train() builds it once before the run exists too."""
+        return self._build("scheduler", optimizer=optimizer, total_steps=total_steps)
+
+    def _build(self, group: str, **arguments):
         try:
-            return instantiate(self.hparams.optimizer, params=self.parameters())
+            return instantiate(self.hparams[group], **arguments)
         except Exception as exc:
-            spec = dict(self.hparams.optimizer)
-            settings = " ".join(f"optimizer.{k}={v}" for k, v in spec.items() if k != "_target_")
+            spec = dict(self.hparams[group])
+            settings = " ".join(f"{group}.{k}={v}" for k, v in spec.items() if k != "_target_")
             raise ConfigError(
-                f"{spec.get('_target_')} refused the optimizer settings ({settings}): "
+                f"{spec.get('_target_')} refused the {group} settings ({settings}): "
                 f"{exc.__cause__ or exc}. Fix the value it names on the command line or in "
-                f"conf/optimizer/."
+                f"conf/{group}/."
             ) from exc
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -213,7 +221,7 @@ class Classifier(L.LightningModule):
             steps = self.trainer.train_dataloader.optimizer_steps  # per epoch
             per_epoch = min(steps, self.trainer.num_training_batches * self.hparams.steps_per_call)
             total = total // self.trainer.num_training_batches * per_epoch
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total)
+        scheduler = self.make_scheduler(optimizer, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -235,8 +243,8 @@ def distillation_loss(
 
 def classifier(cfg: DictConfig, datamodule) -> Classifier:
     """The run's Classifier: the `model`, `optimizer`, `scheduler` and `module` configs around the
-    data's statistics and classes. The optimizer is built once here, so a setting torch refuses
-    fails before the MLflow run exists."""
+    data's statistics and classes. The optimizer and schedule are built once here, so a setting
+    they refuse fails before the MLflow run exists."""
 
     def plain(node):  # resolved plain containers: they are saved in the checkpoint
         return OmegaConf.to_container(node, resolve=True) if node is not None else None
@@ -255,7 +263,9 @@ def classifier(cfg: DictConfig, datamodule) -> Classifier:
         class_names=datamodule.class_names,
         steps_per_call=module.steps_per_call,
     )
-    model.make_optimizer()
+    optimizer = model.make_optimizer()
+    if model.hparams.scheduler:  # total_steps is only known in fit; any count checks the settings
+        model.make_scheduler(optimizer, total_steps=1000)
     if module.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if module.compile:
