@@ -5,7 +5,7 @@
 # Everything lives in $DIR (default mlruns/server): postgres/ (the database cluster, trust auth on
 # 127.0.0.1 only), artifacts/ (served by the tracking server), *.log. For a team, run it on a shared host
 # with HOST=0.0.0.0 behind your network's access control, or point --backend-store-uri at your own
-# PostgreSQL. Needs: apt-get install postgresql; pip install psycopg2-binary (the `server` extra).
+# PostgreSQL. Needs: apt-get install postgresql; pip install "psycopg[binary]" (the `server` extra).
 set -euo pipefail
 ACTION=${1:-start}
 DIR=$(realpath -m "${DIR:-mlruns/server}")
@@ -47,5 +47,5 @@ fi
 "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U mlflow mlflow 2>/dev/null || true  # exists: fine
 echo "PostgreSQL on 127.0.0.1:$PGPORT ($DIR/postgres); MLflow server on http://$HOST:$PORT"
 echo "use it: export MLFLOW_TRACKING_URI=http://$HOST:$PORT   (stop the database: $0 stop)"
-exec "$PY" -m mlflow server --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PGPORT/mlflow" \
+exec "$PY" -m mlflow server --backend-store-uri "postgresql://mlflow@127.0.0.1:$PGPORT/mlflow" \
   --artifacts-destination "$DIR/artifacts" --host "$HOST" --port "$PORT" --workers "$WORKERS"

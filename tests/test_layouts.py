@@ -1,5 +1,6 @@
 """Bring your own data: every layout and size the readers take, the class rule, and bad folders."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -8,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_data import write_csv
 
 from fmnist_exp import inference
@@ -210,3 +211,112 @@ def test_a_huge_canvas_is_refused_from_its_header_before_decoding():
     assert len(buffer.getvalue()) < 200_000
     with pytest.raises(pictures.PictureTooLarge, match=r"huge\.png: 10000 x 8000 pixels, over"):
         pictures.decode(buffer.getvalue(), "huge.png")
+
+
+def test_class_names_keep_letters_of_every_script_and_hidden_folders_are_skipped(
+    tmp_path, real_data
+):
+    """Class keys keep letters of every script (`Кофта` and `👕 футболка` stay two classes, as in
+    predict's labels), the same name in two Unicode forms is one class, and the folders file
+    managers add inside a class folder (`.thumbnails/`, `@eaDir/`) are not read as pictures."""
+    names = ("Café", "Кофта", "👕 футболка")
+    root = write_picture_folder(
+        tmp_path / "shop", {s: (real_data.test_images[:6], torch.tensor([0, 1, 2] * 2)) for s in ("train", "test")},
+        names,
+    )  # fmt: skip
+    for junk in (".thumbnails", "@eaDir", "sub/.cache"):
+        (root / "train" / "Кофта" / junk).mkdir(parents=True)
+        (root / "train" / "Кофта" / junk / "thumb.png").write_bytes(b"not a picture")
+    (root / "train" / "@eaDir").mkdir()  # beside the class folders: not a class either
+    data = dataset.load([root])
+    assert data.class_names == tuple(sorted(names)) and len(data.train_labels) == 6
+    assert len({dataset.class_key(n) for n in names}) == 3
+    assert dataset.class_key("Cafe\u0301") == dataset.class_key(
+        "CAFÉ"
+    )  # decomposed, as macOS writes it
+    found = read_inputs([root / "test"], data.class_names)  # predict labels them by the same keys
+    assert list(found.labels) == [
+        data.class_names.index(n) for n in sorted(names) for _ in range(2)
+    ]
+    (root / "train" / "CAFÉ").mkdir()  # one class in two folders
+    shutil.copy(next((root / "train" / "Café").iterdir()), root / "train" / "CAFÉ" / "x.png")
+    with pytest.raises(DataError, match="the class folders CAFÉ, Café all mean class one name"):
+        dataset.load([root])
+
+
+def test_a_runs_identity_includes_its_data_and_eval_tests_on_that_data(
+    run_main, tmp_path, official_folder, real_data_dir, monkeypatch, capsys
+):
+    """The same overrides (data.data_dir=null) on a 700-image picture folder and on the official
+    files are two experiments: skip_finished=true reuses a run only on the data it read. eval of
+    the folder run tests it on that folder's 200 test images (the folder it read, its
+    data.val_size), whatever the default data is now, and refuses once the files changed."""
+    from fmnist_exp import eval as evaluation
+
+    shop = shutil.copytree(official_folder, tmp_path / "shop")
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["trainer=fast", "trainer.limit_test_batches=null", "data.val_size=100",
+              f"logger.tracking_uri={store}", "skip_finished=true"]  # fmt: skip
+    first = run_main(*common, env={"FMNIST_DATA_DIR": str(shop)})
+    assert first.returncode == 0, first.stderr[-3000:]
+    official = run_main(
+        *common, "logger.log_model=false", env={"FMNIST_DATA_DIR": str(real_data_dir)}
+    )
+    assert official.returncode == 0 and "skipped" not in official.stdout, official.stderr[-3000:]
+    again = run_main(*common, env={"FMNIST_DATA_DIR": str(shop)})
+    assert "skipped: this config already FINISHED" in again.stdout
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
+    assert len(runs) == 2 and len({r.data.tags["data_digest"] for r in runs}) == 2
+    assert len({r.data.tags["config_hash"] for r in runs}) == 2
+    on_shop = next(r for r in runs if r.data.params["data/source"] == str(shop))
+
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(real_data_dir))  # the default data is now official
+    uri = f"runs:/{on_shop.info.run_id}/model"
+    capsys.readouterr()
+    assert evaluation.main([f"model_uri={uri}", f"tracking_uri={store}"]) == 0
+    logged, out = on_shop.data.metrics["test/acc"], capsys.readouterr().out
+    assert (
+        f"test/acc={logged:.4f} on 200 test images  (its run logged test/acc={logged:.4f})" in out
+    )
+    picture = next((shop / "test" / "bag").iterdir())
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(picture)
+    assert evaluation.main([f"model_uri={uri}", f"tracking_uri={store}"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"run {on_shop.info.run_id} read the data in {shop} (digest" in said
+    assert "now hold other files" in said and "Point data.data_dir at a copy" in said
+
+
+def test_large_pictures_cost_what_a_28x28_model_needs():
+    """A picture is bounded by what it costs to decode, not only by its size: a 7000x7000 PNG
+    (49 megapixels in a few hundred kB) is refused from its header; the same picture as a JPEG is
+    decoded at 1/8 scale (so it passes even a 1-megapixel budget) and gives the 28x28 a small copy
+    gives; a large PNG within the budget is box-reduced before the rule and gives the same input."""
+
+    def encoded(side: int, fmt: str, mode: str = "RGB") -> bytes:
+        canvas = Image.new(mode, (side, side), "white")
+        ImageDraw.Draw(canvas).rectangle(
+            (side // 4, side // 5, 3 * side // 4, 4 * side // 5), "navy"
+        )
+        buffer = io.BytesIO()
+        canvas.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    with pytest.raises(
+        pictures.PictureTooLarge, match="7000 x 7000 pixels, over the limit of 16,000,000"
+    ):
+        pictures.decode(encoded(7000, "PNG"), "huge.png")
+    big_jpeg = pictures.decode(encoded(7000, "JPEG"), "huge.jpg", max_pixels=1_000_000)
+    small = pictures.decode(encoded(700, "JPEG"), "small.jpg")
+    assert big_jpeg.shape == (28, 28) and close(big_jpeg, small)
+    for mode in ("RGBA", "P", "L"):
+        reduced = pictures.decode(encoded(2800, "PNG", mode), f"{mode}.png")
+        direct = pictures.to_model_input(Image.open(io.BytesIO(encoded(2800, "PNG", mode))))
+        assert close(reduced, direct), mode
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two model inputs of one picture resampled along different paths: the same but for the
+    shape's edge pixels (seen: mean difference < 1, at most 17 of 255)."""
+    difference = np.abs(a.astype(int) - b)
+    return difference.mean() < 2 and difference.max() <= 24

@@ -197,10 +197,14 @@ def test_checkpoints_that_are_not_ours_are_refused(tmp_path, trained_model):
 def test_eval_gives_the_test_accuracy_the_run_logged(trained_model, capsys):
     """`python -m fmnist_exp.eval` on the logged model, the registry version and the checkpoint:
     the figure the run logged (the same 10,000 images, the same network), to the image."""
+    import mlflow
+
     from fmnist_exp import eval as evaluation
 
     store = trained_model["tracking_uri"]
+    mlflow.MlflowClient(store).set_registered_model_alias("fmnist", "champion", "1")
     for uri in (f"runs:/{trained_model['run_id']}/model", "models:/fmnist/1",
+                "models:/fmnist@champion", "models:/fmnist/latest",
                 str(trained_model["checkpoint"])):  # fmt: skip
         assert evaluation.main([f"model_uri={uri}", f"tracking_uri={store}"]) == 0
         out = capsys.readouterr().out
@@ -281,3 +285,23 @@ def test_names_from_outside_reach_the_terminal_without_control_characters(
         assert "\x1b" not in stream and "\u202e" not in stream and "\x07" not in stream
     assert "evil\\x1b]0;owned\\x07\\u202egnp.png" in captured.out
     assert "bad\\x1b[31mred.png" in captured.err
+
+
+def test_csvs_without_a_header_keep_every_row(tmp_path, real_data):
+    """A CSV of pixels written without a header (or with pandas' column numbers as one) keeps its
+    first image; 785 columns without a header are the Kaggle layout, the label first."""
+    images, labels = real_data.test_images[:4].reshape(4, -1).numpy(), real_data.test_labels[:4]
+    cases = {
+        "bare.csv": (pd.DataFrame(images), {"header": False}),
+        "numbered.csv": (pd.DataFrame(images), {}),
+        "kaggle.csv": (pd.DataFrame(np.column_stack([labels.numpy(), images])), {"header": False}),
+    }
+    for name, (frame, options) in cases.items():
+        frame.to_csv(tmp_path / name, index=False, **options)
+        found = read_inputs([tmp_path / name])
+        assert np.array_equal(found.images.reshape(4, -1), images), name
+        assert found.names[0] == f"{name}:{1 if options else 2}"  # the CSV's line numbers
+    assert list(read_inputs([tmp_path / "kaggle.csv"]).labels) == labels.tolist()
+    pd.DataFrame(np.full((1, 784), 256)).to_csv(tmp_path / "over.csv", index=False, header=False)
+    with pytest.raises(DataError, match=r"row 1, column 'pixel1' holds 256;"):
+        read_inputs([tmp_path / "over.csv"])

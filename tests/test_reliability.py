@@ -423,8 +423,10 @@ POSTGRES = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     reason="needs Debian's postgresql (`make setup` installs it where apt-get runs as root)",
 )
 def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
+    """Four jobs through `make tracking-server`'s server; then a run straight on its database
+    (postgresql://, psycopg 3) and a login the database refuses, which fails in seconds naming it."""
     pytest.importorskip(
-        "psycopg2", reason="needs psycopg2-binary (the `server` extra; make setup installs it)"
+        "psycopg", reason="needs psycopg 3 (the `server` extra; make test-deps installs it)"
     )
     import shutil
     import socket
@@ -470,6 +472,18 @@ def test_parallel_jobs_against_a_postgres_backed_tracking_server(real_data_dir):
             assert any(
                 a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id)
             )  # via the server
+        database = f"127.0.0.1:{ports[1]}/mlflow"
+        direct = run_cli("trainer=fast", "logger.log_model=false", "logger.experiment=direct",
+                         f"data.data_dir={real_data_dir}", f"hydra.run.dir={home}/run",
+                         env={"MLFLOW_TRACKING_URI": f"postgresql://mlflow@{database}"}, cwd=home)  # fmt: skip
+        assert direct.returncode == 0, direct.stderr[-3000:]
+        started = time.monotonic()
+        refused = run_cli("trainer=fast", f"data.data_dir={real_data_dir}", cwd=home, timeout=120,
+                          env={"MLFLOW_TRACKING_URI": f"postgresql://nobody:secret@{database}"})  # fmt: skip
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert f"The tracking database 127.0.0.1:{ports[1]} " in said and "secret" not in said
+        assert time.monotonic() - started < 60
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -484,17 +498,17 @@ def test_numbers_hash_by_value(make_config):
     typed_int = make_config("experiment=recipe_lenet_bn_c16_k53", "data.augment.erase_prob=0")
     assert isinstance(default.data.augment.erase_prob, float)
     assert isinstance(typed_int.data.augment.erase_prob, int)
-    assert resume.config_hash(typed_int) == resume.config_hash(default)
+    assert resume.config_hash(typed_int, "d") == resume.config_hash(default, "d")
     other = make_config("experiment=recipe_lenet_bn_c16_k53", "data.augment.erase_prob=0.25")
-    assert resume.config_hash(other) != resume.config_hash(default)
+    assert resume.config_hash(other, "d") != resume.config_hash(default, "d")
     kept = resume.integral_floats_as_ints({"a": [1.0, 1e-3, True, float("inf")]})["a"]
     assert [type(v) for v in kept] == [int, float, bool, float]  # 1 == 1.0: compare the types
 
     client = mlflow.MlflowClient(default.logger.tracking_uri)
     experiment = client.create_experiment(default.logger.experiment)
-    tagged = client.create_run(experiment, tags={"config_hash": resume.config_hash(typed_int)})
+    tagged = client.create_run(experiment, tags={"config_hash": resume.config_hash(typed_int, "d")})
     client.set_terminated(tagged.info.run_id, "FINISHED")
-    action, previous = resume.choose(default, resume.config_hash(default))
+    action, previous = resume.choose(default, resume.config_hash(default, "d"))
     assert (action, previous.run_id) == ("skip", tagged.info.run_id)
 
 

@@ -93,9 +93,11 @@ def test_batch_upload_and_raw_pixels(client, expected):
         ({"json": {"inputs": [[1, 2], [3]]}}, "/predict/pixels", 422, "rectangular"),
         ({"json": {"inputs": [[[[0] * 28] * 28]] * 9}}, "/predict/pixels", 422, "N <= 8"),
         ({"json": {"pixels": []}}, "/predict/pixels", 422, "inputs"),
+        ({"files": {"file": ("x.png", bytes(range(256)))}}, "/predict/pixels", 422, "sent as multipart/form-data"),
+        ({"content": b"not json", "headers": {"content-type": "application/json"}}, "/predict/pixels", 422, "JSON decode error"),
     ],
     ids=["not-an-image", "corrupt-png", "too-large", "no-file-field", "flat-shape", "27-rows",
-         "out-of-range", "ragged", "too-many", "wrong-key"],
+         "out-of-range", "ragged", "too-many", "wrong-key", "a-picture-as-multipart", "not-json"],
 )  # fmt: skip
 def test_bad_requests_get_a_status_and_a_message(client, request_kwargs, path, status, message):
     response = client.post(path, **request_kwargs)
@@ -130,6 +132,19 @@ def test_bad_serve_options_are_one_paragraph(bad, capsys):
     assert serve.main([bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: serve: {bad.split('=')[0]}=") and "Traceback" not in err
+
+
+def test_a_port_in_use_is_one_paragraph_before_serving(trained_model, capsys):
+    """Bound before it says it serves: a port another program holds is exit 2, not "serving ..."
+    then exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = serve.main([f"port={port}", f"tracking_uri={trained_model['tracking_uri']}"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "serving" not in out
+    assert f"error: serve: cannot listen on 127.0.0.1:{port}" in err and f"port={port + 1}" in err
 
 
 def test_an_unexpected_error_is_a_500_not_a_dead_server(model, expected):
@@ -402,3 +417,36 @@ def test_the_ui_opens_on_the_runs_table_and_runs_light(trained_model):
     address = (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?"
                "workflowType=machine_learning&orderByKey=metrics.%60test%2Facc%60&orderByAsc=false")  # fmt: skip
     assert address in out
+
+
+def test_pictures_decode_a_few_at_a_time_and_health_answers_meanwhile(model, expected, monkeypatch):
+    """Six slow decodes sent at once run DECODES_AT_ONCE at a time in worker threads, and /health,
+    answered on the event loop, does not wait for them."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    running, most, lock = 0, 0, threading.Lock()
+    decode = serve.pictures.decode
+
+    def slow_decode(data, name, *args):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.5)
+        with lock:
+            running -= 1
+        return decode(data, name, *args)
+
+    monkeypatch.setattr(serve.pictures, "decode", slow_decode)
+    client = TestClient(create_app(model))
+    body = png_bytes(expected[0][0])
+    with ThreadPoolExecutor(6) as pool:
+        answers = [
+            pool.submit(client.post, "/predict", files={"file": ("a.png", body)}) for _ in range(6)
+        ]
+        time.sleep(0.2)
+        assert client.get("/health").status_code == 200
+        still_decoding = running  # answered while the decodes were under way, not after them
+        assert all(a.result().status_code == 200 for a in answers)
+    assert most == serve.DECODES_AT_ONCE and still_decoding > 0

@@ -313,6 +313,65 @@ def test_a_search_continues_its_study_and_prunes_a_hopeless_trial(
     )
     assert list(pd.read_csv(tmp_path / "report" / "table.csv").status) == ["PRUNED"]
 
+    # the study already holds n_trials: said, nothing run, no empty parent to shadow the sweep
+    again = run_main("--multirun", *args, "hydra.sweeper.n_trials=3",
+                     search_space("tag(log, interval(1e-9, 1e-8))"), f"hydra.sweep.dir={tmp_path}/sweep3")  # fmt: skip
+    assert again.returncode == 0 and "already holds 3 finished trials" in again.stdout
+    # a changed set of choices: one paragraph before any run (Optuna's own error came mid-sweep)
+    changed = run_main("--multirun", *args, "hydra.sweeper.n_trials=4",
+                       search_space("tag(log, interval(1e-3, 1e-2))").replace("choice(6)", "choice(8, 16)"),
+                       f"hydra.sweep.dir={tmp_path}/sweep4")  # fmt: skip
+    said = " ".join(changed.stderr.split())
+    assert changed.returncode == 2 and "the study searched model.channels over choice(6)" in said
+    assert (
+        "this search gives choice(8, 16)" in said and "hydra.sweeper.study_name=<new name>" in said
+    )
+    assert len([r for r in runs_by_experiment(tmp_path)["fashion-mnist"]
+                if r.data.tags.get("sweep") == "parent"]) == len(parents)  # fmt: skip
+    assert (
+        len(
+            optuna.load_study(study_name="fmnist", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+        )
+        == 3
+    )
+
+
+def test_a_search_waits_for_a_busy_study_storage(tmp_path):
+    """Another writer holding optuna.db's lock for 7 s (sqlite gives up after 5 s by default) is
+    waited for, as the tracking store's writers are."""
+    import sqlite3
+    import threading
+    import time
+
+    import optuna
+
+    from fmnist_exp.tracking import search
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    search.open_study(
+        "s", url, "maximize", optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    )
+    locked = threading.Event()
+
+    def hold_the_lock():
+        connection = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(7)
+        connection.execute("COMMIT")
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    locked.wait()
+    started = time.monotonic()
+    study = search.open_study("s", url, "maximize", optuna.samplers.RandomSampler(),
+                              optuna.pruners.NopPruner())  # fmt: skip
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(trial, 0.5)
+    holder.join()
+    assert time.monotonic() - started > 5 and len(study.trials) == 1
+
 
 def test_two_searches_at_once_share_one_study(tmp_path, real_data_dir):
     """Two sweep processes on one storage draw their trials from one study: distinct trial

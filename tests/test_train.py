@@ -355,3 +355,39 @@ def test_several_steps_per_call_refuse_what_lightning_does_around_a_call(make_co
         key = clash.lstrip("+").split("=")[0]
         with pytest.raises(ConfigError, match=f"steps_per_call=4 cannot be combined with {key}"):
             checks.check(make_config("module.steps_per_call=4", clash))
+
+
+def test_a_mixed_precision_run_logs_the_served_models_test_accuracy(make_config, real_data):
+    """bf16-mixed trains and validates in bfloat16, but the logged model runs in float32: the
+    test/acc a run logs is that model's on the same 10,000 images, to the image."""
+    from fmnist_exp import inference
+
+    cfg = make_config("trainer.precision=bf16-mixed", "trainer.limit_test_batches=null")
+    results = train(cfg)
+    _, run = the_only_run(cfg)
+    served = inference.load(f"runs:/{run.info.run_id}/model", cfg.logger.tracking_uri)
+    images, labels = real_data.test_images, real_data.test_labels
+    predicted = torch.cat([served.probabilities(images[i : i + 1000]).argmax(1)
+                           for i in range(0, len(labels), 1000)])  # fmt: skip
+    assert int((predicted == labels).sum()) == round(results["test/acc"] * len(labels))
+
+
+def test_a_run_that_never_validates_logs_no_best_validation_accuracy(make_config, run_main, tmp_path,
+                                                                     real_data_dir):  # fmt: skip
+    """++trainer.limit_val_batches=0: no val/acc_best (it used to be logged as 0.0), and a sweep,
+    which ranks on it, refuses such jobs before its parent run exists."""
+    cfg = make_config("++trainer.limit_val_batches=0", "logger.log_model=false")
+    results = train(cfg)
+    _, run = the_only_run(cfg)
+    assert "val/acc_best" not in results and "val/acc_best" not in run.data.metrics
+    assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
+    store = f"sqlite:///{tmp_path}/sweep.db"
+    done = run_main("--multirun", "trainer=fast", "++trainer.limit_val_batches=0", "seed=1,2",
+                    f"data.data_dir={real_data_dir}", f"logger.tracking_uri={store}",
+                    f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    assert (
+        done.returncode == 2
+        and "trainer.limit_val_batches=0: its jobs would never validate"
+        in (" ".join(done.stderr.split()))
+    )
+    assert not (tmp_path / "sweep.db").exists()

@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> float:
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
     try:
-        return train(cfg)["val/acc_best"]
+        return train(cfg).get("val/acc_best", float("nan"))  # none: never validated
     except RunInterrupted as stopped:
         then = (
             "Continue it with resume=last (same overrides) or resume=<run_id>."

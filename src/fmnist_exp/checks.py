@@ -289,6 +289,23 @@ def check_steps_per_call(cfg: DictConfig) -> None:
         )
 
 
+def check_validates(cfg: DictConfig) -> None:
+    """A sweep or search ranks its jobs on val/acc_best: a job that never validates
+    (trainer.limit_val_batches=0, or check_val_every_n_epoch beyond max_epochs) has none."""
+    trainer = cfg.trainer
+    every, epochs = trainer.get("check_val_every_n_epoch") or 1, trainer.get("max_epochs") or 1
+    for key, never in (
+        ("trainer.limit_val_batches", trainer.get("limit_val_batches") == 0),
+        ("trainer.check_val_every_n_epoch", is_whole(every) and epochs != -1 and every > epochs),
+    ):
+        _rule(
+            not never,
+            f"{key}={trainer.get(key.split('.')[1])}: its jobs would never validate, and a sweep "
+            f"ranks its jobs (and a search steers) on val/acc_best. Validate at least once, or run "
+            f"the jobs as single runs.",
+        )
+
+
 def check_trainer(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     _rule(

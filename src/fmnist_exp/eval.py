@@ -3,8 +3,10 @@ accuracy, measured again.
 
 The model is loaded the way predict and serve load it (inference.py: a logged model, a registry
 version or a checkpoint) and scored on the test split of the data its run was tested on: the run's
-logged data.split and data.split_seed (and its data.data_dir, unless data.data_dir is given) win
-over the composed `data` config, so a run trained on the 80/10/10 split is tested on its own 10%.
+logged data.split, data.split_seed and data.val_size (and the folder it read, unless data.data_dir
+is given) win over the composed `data` config, so a run trained on the 80/10/10 split is tested on
+its own 10%. When the files found there are not the ones the run read (its tag data_digest), eval
+says so instead of scoring the model on other data.
 The run is found from the URI, the registry version, or the MLflow run id every checkpoint carries.
 For a run tested on its whole test split the figure is the test/acc it logged.
 """
@@ -18,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import checks, inference
 from fmnist_exp.app import hydra_app
-from fmnist_exp.errors import UserError
+from fmnist_exp.errors import DataError, UserError, one_paragraph
 
-FROM_THE_RUN = ("split", "split_seed")  # which images are the test split
+FROM_THE_RUN = ("split", "split_seed", "val_size")  # which images are the test split
 
 
 @dataclass
@@ -32,20 +34,18 @@ class Evaluation:
 
 
 def run_of(model: inference.LoadedModel, tracking_uri: str) -> mlflow.entities.Run | None:
-    """The MLflow run behind a runs:/ or models:/ URI or a checkpoint, or None (a checkpoint of a
-    run whose store is elsewhere)."""
-    client = mlflow.MlflowClient(tracking_uri)
-    if model.uri.startswith("runs:/"):
-        run_id = model.uri.split("/")[1]
-    elif model.uri.startswith("models:/"):
-        name, version = model.uri.removeprefix("models:/").split("/")[:2]
-        run_id = client.get_model_version(name, version).run_id
-    else:
-        run_id = model.checkpoint_run_id
+    """The MLflow run behind the model (inference.load found its id from the logged model, the
+    registry version or alias, or the checkpoint), or None (a checkpoint of a run whose store is
+    elsewhere)."""
     try:
-        return client.get_run(run_id) if run_id else None
+        return mlflow.MlflowClient(tracking_uri).get_run(model.run_id) if model.run_id else None
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def none_as_null(value: str | None) -> str | None:
+    """A logged param: MLflow writes a null as 'None'."""
+    return None if value in (None, "None") else value
 
 
 def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch.Tensor, ...]:
@@ -55,11 +55,24 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
     for key in FROM_THE_RUN:
         if f"data.{key}" in params:
             data[key] = type(data[key])(params[f"data.{key}"])
-    if data["data_dir"] is None and params.get("data.data_dir", "None") != "None":
-        data["data_dir"] = params["data.data_dir"]
+    if data["data_dir"] is None:  # the folder the run read, wherever it found it
+        data["data_dir"] = params.get("data/source") or none_as_null(params.get("data.data_dir"))
     checks.check_data(data)
     datamodule = instantiate(data)
-    datamodule.prepare_data()
+    expected = run.data.tags.get("data_digest") if run else None
+    try:
+        found = datamodule.fingerprint()
+    except DataError as exc:
+        if not expected:
+            raise
+        found = f"none ({one_paragraph(exc)})"
+    if expected and found != expected:
+        raise UserError(
+            f"eval: run {run.info.run_id} read the data in {params.get('data/source')} (digest "
+            f"{expected}); {data['data_dir'] or 'the default folders'} now hold other files "
+            f"(digest {found}), so its test split is not here. Point data.data_dir at a copy of "
+            f"the data the run read."
+        )
     datamodule.setup("test")
     return (*datamodule.test, datamodule.class_names)
 

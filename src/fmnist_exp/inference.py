@@ -4,7 +4,8 @@ model_uri is one of
   best                      the FINISHED run with the highest test/acc in the experiment, among
                             runs that tested on their whole test split (partial runs are skipped)
   runs:/<run_id>/model      the model a training run logged (torch.export, MLflow's pytorch flavour)
-  models:/<name>/<version>  a version in the MLflow model registry (see `register`)
+  models:/<name>/<version>  a version in the MLflow model registry (see `register`); also
+                            models:/<name>@<alias> and models:/<name>/latest
   path/to/file.ckpt         a Lightning checkpoint written by a run (loaded with weights_only)
 """
 
@@ -32,7 +33,7 @@ class LoadedModel:
     module: torch.nn.Module  # float32 [N, 1, 28, 28] in 0..255 -> probabilities [N, classes]
     uri: str  # what was loaded: `best` resolved to its runs:/ URI
     class_names: tuple[str, ...] = CLASS_NAMES  # output index -> class name
-    checkpoint_run_id: str | None = None  # a checkpoint's: the MLflow run that wrote it
+    run_id: str | None = None  # the MLflow run that trained it (logged model, registry, checkpoint)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,10 +65,12 @@ def best_run_uri(tracking_uri: str, experiment: str) -> str:
     )
 
 
-def logged_class_names(model_uri: str) -> tuple[str, ...]:
-    """The class names a logged model carries in its MLmodel metadata (tracking.log_model)."""
-    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-    return tuple(metadata.get("class_names", CLASS_NAMES))
+def logged_details(model_uri: str) -> tuple[tuple[str, ...], str | None]:
+    """(the class names a logged model carries in its MLmodel metadata (tracking.log_model), the
+    run that logged it), for any runs:/ or models:/ URI MLflow resolves (versions, aliases,
+    latest)."""
+    info = mlflow.models.get_model_info(model_uri)
+    return tuple((info.metadata or {}).get("class_names", CLASS_NAMES)), info.run_id
 
 
 def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -> LoadedModel:
@@ -79,14 +82,16 @@ def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -
         try:
             with store.no_progress_bars():
                 module = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-                names = logged_class_names(model_uri)
+                names, run_id = logged_details(model_uri)
         except (MlflowException, OSError) as exc:
             raise UserError(
                 f"model_uri={model_uri}: MLflow could not load it from {tracking_uri} "
                 f"({one_paragraph(exc)[:300]}). Check the run id or registry name and version in "
                 f"the MLflow UI (`make ui`), and that MLFLOW_TRACKING_URI points at the right store."
             ) from exc
-        return LoadedModel(module, model_uri, names)  # torch.export's module: inference only
+        return LoadedModel(
+            module, model_uri, names, run_id
+        )  # torch.export's module: inference only
     path = Path(model_uri).expanduser()
     if not path.is_file():
         raise UserError(f"model_uri={model_uri}: not a model URI and no such file. {URI_HELP}")

@@ -9,19 +9,23 @@
 Bad requests get a status and a message, never a dead server: unreadable image 400, a body over
 its limit (max_upload_mb per picture, announced or sent chunked) or a picture over
 pictures.MAX_PIXELS 413, wrong array shape or values 422, anything unexpected 500. Pictures are
-decoded in a worker thread, so one large picture does not hold up other requests.
+decoded in worker threads, DECODES_AT_ONCE at a time, with their memory given back after each, so a
+burst of large pictures neither holds up other requests nor keeps the burst's memory.
 """
 
 import base64
 import hashlib
 import io
 import re
+import socket
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from omegaconf import DictConfig
 from PIL import Image
@@ -31,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from fmnist_exp import checks, inference
 from fmnist_exp.app import hydra_app
 from fmnist_exp.data import pictures
-from fmnist_exp.errors import DataError
+from fmnist_exp.errors import DataError, UserError
 
 SIZE = pictures.SIZE
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -109,6 +113,21 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.body})
 
 
+# Pictures decoded at once, whatever the number of requests: each may hold tens of MB while it
+# decodes, and two keep both of a small server's cores busy.
+DECODES_AT_ONCE = 2
+_decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
+
+
+def bounded_decode(data: bytes, name: str) -> np.ndarray:
+    """pictures.decode, at most DECODES_AT_ONCE at a time, its memory given back afterwards."""
+    with _decoding:
+        try:
+            return pictures.decode(data, name)
+        finally:
+            pictures.release_memory()
+
+
 def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, max_batch: int = 256):
     app = FastAPI(title="fmnist-exp", description=__doc__)
     page = PAGE.read_text()
@@ -133,7 +152,7 @@ def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, ma
                 413, f"{upload.filename}: over the {max_upload_bytes:,}-byte limit."
             )
         try:  # off the event loop: other requests go on while a big picture decodes
-            return await run_in_threadpool(pictures.decode, data, upload.filename or "upload")
+            return await run_in_threadpool(bounded_decode, data, upload.filename or "upload")
         except pictures.PictureTooLarge as exc:
             raise HTTPException(413, str(exc)) from exc
         except DataError as exc:
@@ -147,6 +166,16 @@ def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, ma
         ),
     )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        """422 naming what is wrong, never the body itself (a picture sent as JSON's body would be
+        echoed back, and a binary one could not even be encoded: a 500)."""
+        problems = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors()
+        )
+        sent = request.headers.get("content-type", "no content type").split(";")[0]
+        return JSONResponse({"detail": f"{problems} (sent as {sent})."}, status_code=422)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         return JSONResponse(
@@ -154,11 +183,11 @@ def create_app(model: inference.LoadedModel, max_upload_bytes: int = 5 << 20, ma
         )
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
-        return HTMLResponse(page, headers=page_headers)
+    async def index() -> HTMLResponse:  # async: answered on the event loop, never queued
+        return HTMLResponse(page, headers=page_headers)  # behind decodes in the thread pool
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok", "model_uri": model.uri}
 
     @app.post("/predict")
@@ -208,9 +237,28 @@ def run(cfg: DictConfig) -> int:
     checks.check_serve(cfg)
     model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment)  # fails before binding
     app = create_app(model, int(cfg.max_upload_mb * (1 << 20)), cfg.max_batch)
-    print(f"serving {model.uri} on http://{cfg.host}:{cfg.port}/")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    with listening_socket(cfg.host, cfg.port) as sock:  # bound before we say we serve
+        print(f"serving {model.uri} on http://{cfg.host}:{cfg.port}/")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (as uvicorn binds it); a port in use or an address this machine
+    does not have is a UserError naming it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}): another program may "
+            f"be serving there. Stop it, or choose another port, e.g. port={port + 1}."
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 main = hydra_app("serve", run)

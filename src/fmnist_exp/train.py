@@ -33,7 +33,9 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         # the store next: a bad URI, a corrupt or read-only file, an unreachable server fail here,
         # in seconds, before anything is read or recorded (and a brand-new store is made once)
         store.ensure_store(cfg.logger.tracking_uri, cfg.logger.experiment)
-        cfg, previous = resume.prepare(cfg)  # resumed: the run's own config and folder
+        # what the data files hold is part of the run's identity (skip_finished, resume=last)
+        data_digest = instantiate(cfg.data).fingerprint()
+        cfg, previous = resume.prepare(cfg, data_digest)  # resumed: the run's own config and folder
         if previous is not None and previous.status == "FINISHED":  # skip_finished=true
             return resume.skipped(cfg, previous)
         cfg.module.steps_per_call = checks.steps_per_call(cfg)  # auto -> the number it makes

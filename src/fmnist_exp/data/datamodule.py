@@ -162,6 +162,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 searched = "; ".join(dataset.describe_dir(d) for d in dirs)
                 raise DataError(f"{e} Also searched: {searched}.") from e
 
+    def fingerprint(self) -> str:
+        """The digest of the files setup() will read (dataset.fingerprint), after any download:
+        part of a run's identity, so the same overrides on other data are another experiment."""
+        self.prepare_data()
+        note = "" if self.download else "Downloading is off (data.download=false). "
+        return dataset.fingerprint(self.search_dirs(), note)
+
     def setup(self, stage: str | None = None) -> None:
         if self.source is not None:  # already loaded: setup runs once per process
             return

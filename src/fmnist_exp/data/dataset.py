@@ -16,9 +16,9 @@ the file or folder, and for CSVs the row.
 import gzip
 import hashlib
 import os
-import re
 import struct
 import tempfile
+import unicodedata
 import urllib.error
 import urllib.request
 import zlib
@@ -57,8 +57,12 @@ GET_DATA_HINT = (
 
 
 def class_key(name: str) -> str:
-    """'T-shirt_top' and 'T-shirt/top' -> 'tshirttop': how folder names are matched to classes."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    """How folder names are matched to classes: case, spaces and punctuation ignored, letters and
+    digits of every script kept, one Unicode form ('T-shirt_top' and 'T-shirt/top' -> 'tshirttop',
+    'Кофта' -> 'кофта', 'Café' written either way -> 'café'). A name with no letter or digit (an
+    emoji) is its own key."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if c.isalnum()) or name
 
 
 OFFICIAL_ID = {class_key(n): i for i, n in enumerate(CLASS_NAMES)} | {str(i): i for i in range(10)}
@@ -108,8 +112,9 @@ def detect_format(directory: Path) -> str | None:
     return found[0] if found else None
 
 
-def load(directories: list[Path], download_note: str = "") -> Splits:
-    """Read the first directory that holds a complete copy; say where we looked if none does."""
+def locate(directories: list[Path], download_note: str = "") -> tuple[str, Path]:
+    """(format, folder) of the first directory that holds a complete copy; say where we looked if
+    none does."""
     for directory in directories:
         if directory.is_file():
             raise DataError(
@@ -117,13 +122,41 @@ def load(directories: list[Path], download_note: str = "") -> Splits:
                 f"{GET_DATA_HINT}"
             )
         if found := find(directory):
-            fmt, folder = found
-            reader = {"idx": _load_idx, "torchvision": _load_idx, "csv": _load_csv}
-            data = reader.get(fmt, _load_folder)(folder)
-            data.format = fmt
-            return data
+            return found
     searched = "; ".join(describe_dir(d) for d in directories)
     raise DataError(f"No dataset found. Searched: {searched}. {download_note}{GET_DATA_HINT}")
+
+
+def load(directories: list[Path], download_note: str = "") -> Splits:
+    """Read the first directory that holds a complete copy (locate)."""
+    fmt, folder = locate(directories, download_note)
+    reader = {"idx": _load_idx, "torchvision": _load_idx, "csv": _load_csv}
+    data = reader.get(fmt, _load_folder)(folder)
+    data.format = fmt
+    return data
+
+
+def data_files(folder: Path, fmt: str) -> list[Path]:
+    """The files a layout's reader reads, in a fixed order."""
+    if fmt in ("idx", "torchvision"):
+        return [_idx_path(folder, name) for pair in IDX_FILES.values() for name in pair]
+    if fmt == "csv":
+        return [folder / name for name in CSV_FILES.values()]
+    return [Path(f) for split in ("train", "test")
+            for files in class_folders(folder / split).values() for f in files]  # fmt: skip
+
+
+def fingerprint(directories: list[Path], download_note: str = "") -> str:
+    """A SHA-256 digest (16 hex digits) of the data `load` would read from these directories: its
+    layout and every file it reads, by name (class folders included) and content. Two runs with the
+    same config on different files differ here; the same files anywhere on disk do not."""
+    fmt, folder = locate(directories, download_note)
+    digest = hashlib.sha256(("idx" if fmt == "torchvision" else fmt).encode())  # the same files
+    for path in data_files(folder, fmt):
+        with open(path, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").digest()
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + content)
+    return digest.hexdigest()[:16]
 
 
 def describe_dir(directory: Path) -> str:
@@ -245,7 +278,7 @@ def _load_csv(directory: Path) -> Splits:
 def class_folders(split_dir: Path) -> dict[str, list[str]]:
     """{class folder name: its pictures' paths, sorted} for one split of a picture-folder dataset.
     Paths stay strings: for 60,000 files, pathlib objects cost more than the listing."""
-    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not pictures.hidden(p.name))
     if not folders:
         raise DataError(
             f"{split_dir} has no class folders; a picture dataset holds {split_dir}/<class>/*.png "
@@ -253,12 +286,11 @@ def class_folders(split_dir: Path) -> dict[str, list[str]]:
         )
     found = {}
     for folder in folders:
-        files = sorted(  # os.walk: names from the directory listing, no stat() per file
-            os.path.join(top, name)
-            for top, _, names in os.walk(folder)
-            for name in names
-            if os.path.splitext(name)[1].lower() in pictures.SUFFIXES and not name.startswith(".")
-        )
+        files = []
+        for top, subfolders, names in os.walk(folder):  # names from the listing, no stat() per file
+            subfolders[:] = [d for d in subfolders if not pictures.hidden(d)]
+            files += [os.path.join(top, n) for n in names if pictures.is_picture_name(n)]
+        files.sort()
         if not files:
             raise DataError(
                 f"{folder} holds no pictures ({', '.join(sorted(pictures.SUFFIXES))}): every class "
@@ -271,15 +303,17 @@ def class_folders(split_dir: Path) -> dict[str, list[str]]:
 def class_ids(names: list[str], where: Path) -> tuple[dict[str, int], tuple[str, ...]]:
     """({folder name: label id}, class names): the official ids when every folder is named after a
     Fashion-MNIST class or 0-9, else the sorted folder names (torchvision's ImageFolder rule)."""
-    if all(class_key(n) in OFFICIAL_ID for n in names):
-        ids = {n: OFFICIAL_ID[class_key(n)] for n in names}
-        if len(set(ids.values())) < len(ids):
-            same = [n for n in names if list(ids.values()).count(ids[n]) > 1]
-            raise DataError(
-                f"{where}: the class folders {', '.join(same)} all mean class "
-                f"{CLASS_NAMES[ids[same[0]]]!r}; merge them into one folder."
-            )
-        return ids, CLASS_NAMES
+    official = all(class_key(n) in OFFICIAL_ID for n in names)
+    keys = {n: OFFICIAL_ID[class_key(n)] if official else class_key(n) for n in names}
+    if len(set(keys.values())) < len(keys):
+        same = [n for n in names if list(keys.values()).count(keys[n]) > 1]
+        meaning = repr(CLASS_NAMES[keys[same[0]]]) if official else "one name"
+        raise DataError(
+            f"{where}: the class folders {', '.join(same)} all mean class {meaning} (case, spaces "
+            f"and punctuation are ignored in class names); merge them into one folder."
+        )
+    if official:
+        return keys, CLASS_NAMES
     ordered = tuple(sorted(names))
     return {n: i for i, n in enumerate(ordered)}, ordered
 

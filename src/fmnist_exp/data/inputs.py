@@ -8,6 +8,7 @@ the Fashion-MNIST classes). A picture that cannot be read is reported in `failed
 are still read; a bad CSV or IDX file stops the whole read.
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,15 +37,48 @@ def label_lookup(class_names: tuple[str, ...]) -> dict[str, int]:
     return {class_key(n): i for i, n in enumerate(class_names)}
 
 
-def read_csv_inputs(path: Path, n_classes: int) -> Inputs:
+def has_header(path: Path) -> bool:
+    """Whether the CSV's first line names its columns (a cell that is not a number, or the column
+    numbers 0, 1, 2, ... that pandas writes for unnamed columns) rather than holding the first
+    image: files written without a header keep every row."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        cells = [c.strip().strip('"') for c in f.readline().strip().split(",")]
+    numbered = cells in (
+        [str(i) for i in range(len(cells))],
+        [str(i + 1) for i in range(len(cells))],
+    )
+    return numbered or not all(_is_number(c) for c in cells)
+
+
+def _is_number(cell: str) -> bool:
     try:
-        table = pd.read_csv(path)
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value) -> str:
+    """A CSV cell for a message: text quoted, numbers as written (256, not np.int64(256))."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def read_csv_inputs(path: Path, n_classes: int) -> Inputs:
+    """784 pixel columns (and a `label` column) with a header; without one, 784 columns are
+    pixels and 785 are the Kaggle layout, the label first."""
+    try:
+        header = has_header(path)
+        table = pd.read_csv(path, header=0 if header else None)
     except pd.errors.EmptyDataError as exc:
         raise DataError(
             f"{path}: an empty file; a CSV of images has a header and a row per image."
         ) from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc}).") from exc
+    if not header:  # columns named as a Kaggle file names them
+        width = table.shape[1]
+        kaggle = width == SIZE * SIZE + 1  # 785: the label first
+        table.columns = ["label"] * kaggle + [f"pixel{i}" for i in range(1, width + 1 - kaggle)]
     labels = table.pop("label") if "label" in table.columns else None
     if table.shape[1] != SIZE * SIZE:
         raise DataError(
@@ -58,8 +92,8 @@ def read_csv_inputs(path: Path, n_classes: int) -> Inputs:
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise DataError(
-            f"{path}: row {row + 2}, column {table.columns[col]!r} holds {table.iat[row, col]!r}; "
-            f"pixels must be numbers in 0..255."
+            f"{path}: row {row + 1 + header}, column {table.columns[col]!r} holds "
+            f"{_shown(table.iat[row, col])}; pixels must be numbers in 0..255."
         )
     if labels is not None:
         numbers = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=np.float64)
@@ -67,13 +101,13 @@ def read_csv_inputs(path: Path, n_classes: int) -> Inputs:
         if wrong.any():
             row = int(np.argmax(wrong))
             raise DataError(
-                f"{path}: row {row + 2} has label {str(labels.iat[row])!r}; the model's labels are the "
+                f"{path}: row {row + 1 + header} has label {str(labels.iat[row])!r}; the model's labels are the "
                 f"whole numbers 0..{n_classes - 1}. Fix the label, or drop the label column to "
                 f"predict without scoring."
             )
         labels = numbers.astype(np.int64)
     images = np.round(values).astype(np.uint8).reshape(-1, 1, SIZE, SIZE)
-    names = [f"{path.name}:{i + 2}" for i in range(len(images))]  # the CSV's line numbers
+    names = [f"{path.name}:{i + 1 + header}" for i in range(len(images))]  # the CSV's line numbers
     return Inputs(names, images, labels)
 
 
@@ -102,8 +136,11 @@ def _kind(path: Path) -> str | None:
 def _expand(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and _kind(p))
+        if path.is_dir():  # hidden files and folders (.thumbnails/, @eaDir/) are not the user's
+            for top, folders, names in os.walk(path):
+                folders[:] = sorted(d for d in folders if not pictures.hidden(d))
+                found = (Path(top) / n for n in sorted(names) if not pictures.hidden(n))
+                files += [f for f in found if _kind(f) and f.is_file()]
         elif path.is_file():
             if _kind(path) is None:
                 raise DataError(

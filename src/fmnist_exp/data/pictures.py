@@ -8,11 +8,18 @@ One rule for every picture, whether it comes from an image-folder dataset, `pred
   3. Scaled so its longer side is 28 pixels (aspect ratio kept) and centred on a black 28x28 canvas.
 Images already 28x28 skip step 3, so PNGs written from the dataset come back exactly.
 
-A picture's size is read from its header and checked against MAX_PIXELS before any pixel is
-decoded: a huge canvas in a small file costs neither time nor memory.
+A picture's cost is bounded before any pixel is decoded: its size is read from the header; a JPEG
+is decoded at a reduced scale (1/2 to 1/8, still over 8 x 28 pixels a side), and what would be
+decoded must stay within MAX_PIXELS (16 megapixels, far more than a 28x28 model needs), so a huge
+canvas in a small file costs neither time nor memory. Large pictures are box-reduced before the rule's
+grayscale conversion and final resize, which then work on at most a few hundred pixels a side.
 """
 
+import ctypes
+import ctypes.util
 import io
+import os
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,8 +29,40 @@ from fmnist_exp.errors import DataError
 SIZE = 28
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 INVERT_ABOVE = 127  # border mean above this: a light background, so invert
-MAX_PIXELS = 50_000_000  # width x height; a 50-megapixel photo decodes to ~150 MB of RGB
+MAX_PIXELS = 16_000_000  # width x height decoded; 16 megapixels of RGBA is 64 MB
+WORKING_SIDE = 8 * SIZE  # pictures are box-reduced to about this before the rule's resize
 WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+# Folders that file managers, archivers and NAS boxes add beside pictures (thumbnails, resource
+# forks): skipped like hidden files, wherever they are in a picture folder.
+SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
+
+
+def hidden(name: str) -> bool:
+    """A file or folder name that is not the user's picture: '.thumbnails', '@eaDir', ..."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def is_picture_name(name: str) -> bool:
+    return not hidden(name) and os.path.splitext(name)[1].lower() in SUFFIXES
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system. glibc keeps what a burst of large decodes freed
+    (its mmap threshold grows with them), so a server's memory would stay at the burst's peak."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class PictureTooLarge(DataError):
@@ -70,19 +109,39 @@ def to_model_input(picture: Image.Image) -> np.ndarray:
     return np.array(gray, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
 
 
+def reduced(picture: Image.Image) -> Image.Image:
+    """A large decoded picture box-reduced by a whole factor so its longer side stays at least
+    WORKING_SIDE: the rule's border test and resize see the same picture at a fraction of the cost.
+    Modes Image.reduce cannot take (palette, 1-bit, CMYK) are converted first."""
+    factor = max(picture.size) // WORKING_SIDE
+    if factor < 2:
+        return picture
+    if picture.mode in WIDE_MODES:
+        picture = picture.convert("I")  # 32-bit integers: 16-bit values kept for _to_gray's scaling
+    elif picture.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        picture = picture.convert("RGBA" if "transparency" in picture.info else "RGB")
+    return picture.reduce(factor)
+
+
 def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes of a PNG/JPEG/... -> uint8 [28, 28]; anything else is a DataError naming `name`."""
     hint = f"Send a PNG or JPEG file (any colour mode, up to {max_pixels:,} pixels)."
     try:
         with Image.open(io.BytesIO(data)) as picture:
             width, height = picture.size  # from the header: nothing decoded yet
-            if width * height > max_pixels:
+            if picture.format == "JPEG":  # decoded at 1/2..1/8 scale: the model needs 28 x 28
+                picture.draft(picture.mode, (WORKING_SIDE, WORKING_SIDE))
+            decoded = picture.size[0] * picture.size[1]
+            if decoded > max_pixels:
                 raise PictureTooLarge(
-                    f"{name}: {width} x {height} pixels, over the limit of {max_pixels:,} pixels. "
-                    f"Scale it down first (the model sees 28 x 28)."
+                    f"{name}: {width} x {height} pixels, over the limit of {max_pixels:,} pixels "
+                    f"decoded. Scale it down first (the model sees 28 x 28)."
                 )
             picture.load()
-            return to_model_input(picture)
+            exif = picture.getexif()  # reduce() drops the orientation tag: apply it first
+            if exif.get(0x0112, 1) != 1:
+                picture = ImageOps.exif_transpose(picture)
+            return to_model_input(reduced(picture))
     except Image.DecompressionBombError as exc:  # Pillow's own cap, for formats it sizes late
         raise PictureTooLarge(
             f"{name}: {exc} Scale it down first (the model sees 28 x 28)."

@@ -2,7 +2,8 @@
 
 Every run is tagged `config_hash`: a hash of its resolved config without the keys that say where or
 how to run it (paths, MLflow location, resume switches, progress bars), numbers by value (an
-override `=0` for a float key is the config's 0.0). Its checkpoints hold the
+override `=0` for a float key is the config's 0.0), together with the digest of the data files it
+reads (tag `data_digest`), so the same overrides on other data are another experiment. Its checkpoints hold the
 MLflow run id and the training seconds so far. `resume=` continues a run from `last.ckpt` (written
 at the end of every epoch) into the same MLflow run; `skip_finished=true` (for re-running a killed
 sweep) skips a job whose identical config already has a FINISHED run and resumes one that has an
@@ -70,8 +71,12 @@ def hash_of(plain: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_hash(cfg: DictConfig) -> str:
-    return hash_of(experiment_part(OmegaConf.to_container(cfg, resolve=True)))
+def config_hash(cfg: DictConfig, data_digest: str) -> str:
+    """The run's identity: its experiment_part and the digest of the data files it reads
+    (dataset.fingerprint), so the same overrides on another folder are another experiment."""
+    return hash_of(experiment_part(OmegaConf.to_container(cfg, resolve=True)) | {
+        "data_digest": data_digest
+    })  # fmt: skip
 
 
 def readable(path: Path) -> bool:
@@ -185,11 +190,12 @@ def choose(cfg: DictConfig, digest: str) -> tuple[str, Previous | None]:
     return "new", None
 
 
-def prepare(cfg: DictConfig) -> tuple[DictConfig, Previous | None]:
+def prepare(cfg: DictConfig, data_digest: str) -> tuple[DictConfig, Previous | None]:
     """What this command continues: (the config to train, the previous run or None). A run to
     resume brings its own saved config and folder; a FINISHED one (skip_finished=true) is returned
-    as is, for train() to report. Claims (claims.py) keep two processes out of one run."""
-    digest = config_hash(cfg)
+    as is, for train() to report. Claims (claims.py) keep two processes out of one run.
+    data_digest: the digest of the data files this config reads (part of the config hash)."""
+    digest = config_hash(cfg, data_digest)
     claims.config(  # skip_finished waits for a process training this config, then decides
         claims.claims_folder(cfg.logger.tracking_uri, Path(cfg.paths.root)), digest,
         exclusive=cfg.skip_finished,
@@ -198,7 +204,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Previous | None]:
     if action == "new":
         claims.folder(Path(cfg.paths.output_dir))
         with open_dict(cfg):
-            cfg.logger.tags.config_hash = digest
+            cfg.logger.tags.config_hash, cfg.logger.tags.data_digest = digest, data_digest
         return cfg, None
     if action == "skip":
         return cfg, previous

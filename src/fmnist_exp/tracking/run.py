@@ -9,6 +9,7 @@ summary metrics).
 
 import contextlib
 import errno
+import math
 import shlex
 import subprocess
 import sys
@@ -131,12 +132,14 @@ class Run:
             "test/acc": tested["test/acc"],
             "test/loss": tested["test/loss"],
             "test/n_images": n_tested,
-            "val/acc_best": float(getattr(checkpoint, "best_model_score", None) or float("nan")),
             "time/fit_s": self.state.seconds(),  # every leg, when resumed
             "epochs": trainer.current_epoch,
             "partial": partial,
             "n_test": n_test,
         }
+        best_score = getattr(checkpoint, "best_model_score", None)  # NaN: never validated
+        if best_score is not None and math.isfinite(best_score):  # (trainer.limit_val_batches=0)
+            results["val/acc_best"] = float(best_score)
         if trainer.global_rank != 0:  # other DDP processes: rank 0 records the run
             return results
         folder = self.output_dir

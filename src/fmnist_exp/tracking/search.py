@@ -94,11 +94,26 @@ def search_space(params: dict, arguments: list[str], config: DictConfig) -> tupl
     return space, fixed
 
 
+# How long a search waits for a busy sqlite optuna.db (another sweep writing) before it gives up,
+# in seconds: the patience the tracking store gets (store.patiently).
+BUSY_TIMEOUT_S = 60
+
+
+def storage_of(url: str) -> optuna.storages.BaseStorage | str:
+    """Optuna's storage for a URL; a sqlite file waits up to BUSY_TIMEOUT_S for another writer's
+    lock (sqlite's own default, 5 s, failed a search mid-way)."""
+    if not url.startswith("sqlite:"):
+        return url
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+    )
+
+
 def open_study(name: str, storage: str, direction: str, sampler, pruner) -> optuna.Study:
     """The study, made on first use and continued after that. Storage errors are one paragraph."""
     try:
         return optuna.create_study(
-            study_name=name, storage=storage, direction=direction, sampler=sampler,
+            study_name=name, storage=storage_of(storage), direction=direction, sampler=sampler,
             pruner=pruner, load_if_exists=True,
         )  # fmt: skip
     except Exception as exc:  # sqlalchemy, OSError, ValueError: all mean the storage cannot be used
@@ -122,8 +137,9 @@ def trial_of(ref: DictConfig) -> optuna.Trial:
     """The trial a job is, to report to (`search.*`: overrides the sweeper adds). Optuna keeps the
     pruner out of the storage, so the job builds the sweep's own."""
     study = optuna.load_study(
-        study_name=ref.study, storage=ref.storage, pruner=make_pruner(ref.pruner, ref.warmup_epochs)
-    )
+        study_name=ref.study, storage=storage_of(ref.storage),
+        pruner=make_pruner(ref.pruner, ref.warmup_epochs),
+    )  # fmt: skip
     trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == ref.trial)
     return optuna.Trial(study, trial_id)
 
@@ -154,7 +170,36 @@ def prepare(options: DictConfig | dict, config: DictConfig, arguments: list[str]
     pruner = make_pruner(options["pruner"], options["warmup_epochs"])
     sampler = SAMPLERS[options["sampler"]](seed=options.get("seed"))
     study = open_study(options["study_name"], storage, options["direction"], sampler, pruner)
+    check_same_space(study, space)
     return {"space": space, "fixed": fixed, "storage": storage, "study": study}
+
+
+def check_same_space(study: optuna.Study, space: dict) -> None:
+    """A study continues only over the space its trials were drawn from: Optuna refuses a changed
+    set of choices mid-search (with a traceback, after the sweep's parent run and a trial exist)."""
+    for trial in study.get_trials(deepcopy=False):
+        for key, before in trial.distributions.items():
+            if key not in space:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(before, space[key])
+            except ValueError as exc:
+                raise ConfigError(
+                    f"hydra.sweeper.study_name={study.study_name}: the study searched {key} over "
+                    f"{_shown(before)}, and this search gives {_shown(space[key])} ({exc}). "
+                    f"Continue it with its own space, or start a new study with the new one: "
+                    f"hydra.sweeper.study_name=<new name>."
+                ) from exc
+
+
+def _shown(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return f"choice({', '.join(map(str, distribution.choices))})"
+    return f"[{distribution.low}, {distribution.high}]"
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
 
 class Search(Sweeper):
@@ -182,7 +227,7 @@ class Search(Sweeper):
         ready = prepare(self.options, self.config, arguments)
         study, storage, name = ready["study"], ready["storage"], self.options["study_name"]
         n_trials, n_jobs = self.options["n_trials"], self.options["n_jobs"]
-        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        done = finished_trials(study)
         print(f"study {name!r} in {storage}: {done} trials so far, {n_trials} wanted")
         results, job_idx = [], 0
         while done < n_trials:
@@ -204,7 +249,7 @@ class Search(Sweeper):
             for trial, ret in zip(batch, returns, strict=True):
                 self._tell(study, trial, ret)
             results.append(returns)
-            done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            done = finished_trials(study)
         self._summary(study, storage)
         return results
 
@@ -260,4 +305,5 @@ def study_outcome(
     storage = options.get("storage") or default_storage(
         config.logger.tracking_uri, Path(config.paths.root)
     )
-    return outcome(optuna.load_study(study_name=options.study_name, storage=storage), storage)
+    study = optuna.load_study(study_name=options.study_name, storage=storage_of(storage))
+    return outcome(study, storage)

@@ -52,6 +52,37 @@ def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
+def check_database(tracking_uri: str, timeout_s: int = 5) -> None:
+    """Fail fast, naming the server, when a database store cannot be reached, refuses the login or
+    lacks its driver (MLflow's own engine retries for minutes, then prints a long traceback)."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(tracking_uri)
+    shown = url.render_as_string(hide_password=True)
+    options = (
+        {"connect_timeout": timeout_s} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    )
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=options, poolclass=sqlalchemy.NullPool)
+        with engine.connect():
+            pass
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise UserError(
+            f"The tracking store {shown} needs a database driver that is not installed "
+            f"({type(exc).__name__}: {str(exc)[:200]}). For PostgreSQL install the project's "
+            f"`server` extra (pip install -e '.[server]', psycopg 3); postgresql:// and "
+            f"postgresql+psycopg:// both use it. Nothing was recorded."
+        ) from exc
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", exc)).split())[:300]
+        raise UserError(
+            f"The tracking database {url.host or ''}:{url.port or ''} ({shown}) refused the "
+            f"connection: {reason}. Check the server, the user and password in "
+            f"MLFLOW_TRACKING_URI / logger.tracking_uri, or unset it to use the local sqlite "
+            f"store. Nothing was recorded."
+        ) from exc
+
+
 STORE_HELP = (
     "Use sqlite:////absolute/path/mlflow.db (the default: <root>/mlruns/mlflow.db), "
     "http(s)://host:port for a tracking server, or a database URI (postgresql://...); set it with "
@@ -111,6 +142,8 @@ def ensure_store(tracking_uri: str, experiment: str) -> str:
     check_store_uri(tracking_uri, experiment)
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
+    elif tracking_uri.split(":")[0].split("+")[0] in DATABASE_SCHEMES:
+        check_database(tracking_uri)
     db = sqlite_path(tracking_uri)
     try:
         if db is None:

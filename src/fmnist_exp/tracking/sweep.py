@@ -184,8 +184,20 @@ class MLflowSweep(Callback):
         try:
             check_sweep_ranges(list(config.hydra.overrides.task))
             checks.check_added_keys(list(config.hydra.overrides.task))
+            checks.check_validates(config)
             if is_search(config):
-                search.prepare(config.hydra.sweeper, config, list(config.hydra.overrides.task))
+                ready = search.prepare(
+                    config.hydra.sweeper, config, list(config.hydra.overrides.task)
+                )
+                if (
+                    done := search.finished_trials(ready["study"])
+                ) >= config.hydra.sweeper.n_trials:
+                    print(f"study {config.hydra.sweeper.study_name!r} in {ready['storage']} already "
+                          f"holds {done} finished trials (hydra.sweeper.n_trials="
+                          f"{config.hydra.sweeper.n_trials}): nothing to run, no sweep recorded. "
+                          f"Raise hydra.sweeper.n_trials to search on, or start another study "
+                          f"(hydra.sweeper.study_name=<new name>).")  # fmt: skip
+                    sys.exit(0)
             experiment_id = store.ensure_store(uri, config.logger.experiment)
         except UserError as exc:  # before any job: one paragraph, exit 2
             print(f"error: {one_paragraph(exc)}", file=sys.stderr)

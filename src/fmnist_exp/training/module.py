@@ -172,7 +172,10 @@ class Classifier(L.LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
-        loss, logits = self._loss(batch)
+        # in float32 whatever trainer.precision is: the figure is the served model's (the logged
+        # model runs in float32); under bf16-mixed or 16-mixed only training and validation are mixed
+        with torch.autocast(self.device.type, enabled=False):
+            loss, logits = self._loss(batch)
         self.test_acc.update(logits, batch[1])
         self.test_confusion.update(logits, batch[1])
         self.log("test/loss", loss, sync_dist=True)
