@@ -3,6 +3,7 @@ many writers on one sqlite store. Real processes, real signals, the real dataset
 the errors that stop a run before it starts, and the diverging job's sweep (basic launcher), go
 through the entry point in the test process."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -216,6 +217,40 @@ def test_resume_refuses_overrides_it_would_ignore_and_fills_keys_added_since(
     assert done.stdout.count("saved config has no module.steps_per_call") == 1
     (run,) = runs(tmp_path / "mlruns")
     assert run.info.status == "FINISHED" and run.data.params["module.steps_per_call"] == "1"
+
+
+def test_a_run_stopped_while_logging_its_model_resumes_without_doubles(tmp_path, real_data_dir,
+                                                                     monkeypatch):  # fmt: skip
+    """Stopped after its test, while its model was being logged (the logged model left PENDING):
+    resumed, it logs each test figure once, marks the unfinished model FAILED and logs one that
+    is READY."""
+    from conftest import compose_config
+
+    from fmnist_exp.tracking import store as tracking_store
+    from fmnist_exp.train import train
+    from fmnist_exp.training.callbacks import RunInterrupted
+
+    def stopped_while_logging(uri, run_id, *args):
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+        mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment)
+        raise RunInterrupted("SIGTERM")
+
+    common = ["trainer.limit_train_batches=5"]
+    with monkeypatch.context() as patched:
+        patched.setattr(tracking_store, "log_model", stopped_while_logging)
+        with pytest.raises(RunInterrupted):
+            train(compose_config(common, tmp_path, real_data_dir))
+    (killed,) = runs(tmp_path / "mlruns")
+    assert killed.info.status == "KILLED" and "test/acc" in killed.data.metrics
+    train(compose_config([*common, f"resume={killed.info.run_id}"], tmp_path, real_data_dir))
+    (run,) = runs(tmp_path / "mlruns")
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient(store(tmp_path / "mlruns"))
+    for key in ("test/acc", "test/loss", "test/n_images"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+    models = client.search_logged_models([run.info.experiment_id])
+    assert sorted(str(m.status) for m in models) == ["FAILED", "READY"]
 
 
 def test_resume_errors_are_clear(run_main, tmp_path, real_data_dir):
@@ -530,6 +565,33 @@ def test_a_store_that_stays_locked_fails_the_run_in_one_paragraph(make_config, m
     client = mlflow.MlflowClient(cfg.logger.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("fashion-mnist").experiment_id])
     assert run.info.status == "FAILED" and "database is locked" in run.data.tags["error"]
+
+
+def test_a_store_deleted_mid_run_is_one_paragraph_naming_the_checkpoints(make_config, caplog):
+    """The sqlite file removed while a run trains: the next write fails, nothing more can be
+    recorded, and the user reads one paragraph (the store, the run, where its checkpoints are, how
+    to go on), not MLflow's logged tracebacks (~600 lines)."""
+    import lightning as L
+
+    from fmnist_exp.errors import UserError
+    from fmnist_exp.tracking.store import sqlite_path
+    from fmnist_exp.train import train
+
+    cfg = make_config("trainer.max_epochs=3", "logger.log_model=false")
+    db = sqlite_path(cfg.logger.tracking_uri)
+
+    class DeleteTheStore(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                db.unlink()
+
+    with pytest.raises(UserError) as raised:
+        train(cfg, extra_callbacks=[DeleteTheStore()])
+    said = str(raised.value)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert f"its database file {db} no longer exists" in said and str(checkpoints) in said
+    assert "resume=" in said and (checkpoints / "last.ckpt").is_file()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_a_checkpoint_save_that_fails_leaves_the_previous_file_whole(tmp_path, monkeypatch):

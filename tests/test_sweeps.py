@@ -120,6 +120,12 @@ def test_report_on_a_sweep(channel_sweep, tmp_path, capsys):
     said = capsys.readouterr().err  # one paragraph naming the filter and the syntax, no traceback
     assert "filter='tags.model LIKE' is not an MLflow search filter" in said
     assert "Traceback" not in said
+    mine = tmp_path / "notes.txt"  # out= naming a file: one paragraph, the file kept
+    mine.write_text("my notes")
+    assert main([f"tracking_uri=sqlite:///{tmp}/mlflow.db", f"out={mine}"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"The output folder {mine} cannot be written" in said and "report's out=" in said
+    assert mine.read_text() == "my notes"
 
 
 def test_submitit_local_launcher(tmp_path, real_data_dir):

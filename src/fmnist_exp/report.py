@@ -23,7 +23,7 @@ from omegaconf import DictConfig  # noqa: E402
 from fmnist_exp import checks  # noqa: E402
 from fmnist_exp.app import hydra_app  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
-from fmnist_exp.paths import project_root  # noqa: E402
+from fmnist_exp.paths import check_writable, project_root  # noqa: E402
 from fmnist_exp.tracking import resume  # noqa: E402
 from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
@@ -243,6 +243,8 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
 
 def report(cfg: DictConfig) -> Path:
     checks.check_flag("report", "partial", cfg.partial)
+    if cfg.out:  # a file, or a place that cannot be written: said before any query
+        check_writable(Path(cfg.out), "report's out=")
     uri, where = cfg.tracking_uri, str(cfg.filter or "")
     sweep = "" if cfg.sweep is None or (where and cfg.sweep == "latest") else str(cfg.sweep)
     runs, parent_id = select_runs(uri, cfg.experiment, sweep, where)
@@ -260,7 +262,7 @@ def report(cfg: DictConfig) -> Path:
     table = build_table(runs)
     stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(cfg.out or project_root() / "outputs" / "reports" / stamp)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "report's out=")
     seeds = fold_seeds(table, runs)
     for name, frame in (("table", table), ("seeds", seeds)):
         frame.to_csv(out / f"{name}.csv", index=False)

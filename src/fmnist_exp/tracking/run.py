@@ -42,13 +42,21 @@ class RunLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         pass  # (Lightning's also uploads checkpoints when log_model is set; we never set it)
 
+    def __init__(self, *args, tested: frozenset[str] = frozenset(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tested = tested  # test metrics an earlier leg of this run logged: the same figures
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Lightning tags what it logs with the epoch; ours is all per epoch (training sums,
         validation, test), so each value is recorded at step = its epoch: MLflow's charts then
-        plot the curves against epochs, and a resumed run's epochs line up with the first leg's."""
+        plot the curves against epochs, and a resumed run's epochs line up with the first leg's.
+        A run stopped after its test (while its model was logged) tests again when resumed, on the
+        same checkpoint: those figures are not logged twice."""
         if "epoch" in metrics:
             step = int(metrics["epoch"])
-        super().log_metrics(metrics, step)
+        metrics = {k: v for k, v in metrics.items() if k not in self.tested}
+        if metrics:
+            super().log_metrics(metrics, step)
 
 
 def describe(cfg: DictConfig) -> tuple[str, list[str]]:
@@ -67,9 +75,14 @@ def make_logger(cfg: DictConfig, previous: resume.Previous | None) -> RunLogger:
     name = cfg.logger.run_name or " ".join([model_name, *overrides])
     if (job := sweep.job_tags().get("sweep.job_num")) is not None:
         name = f"#{job} {name}"
+    tested = frozenset()
     if previous:
-        mlflow.MlflowClient(uri).update_run(previous.run_id, status="RUNNING")
+        client = mlflow.MlflowClient(uri)
+        client.update_run(previous.run_id, status="RUNNING")
+        logged = client.get_run(previous.run_id).data.metrics
+        tested = frozenset(k for k in logged if k.startswith("test/"))
     return RunLogger(
+        tested=tested,
         experiment_name=cfg.logger.experiment,
         tracking_uri=uri,
         run_name=name,
@@ -109,6 +122,7 @@ class Run:
             checkpoint = self.previous.last_checkpoint
             damaged = "" if checkpoint.name == "last.ckpt" else " (last.ckpt is damaged)"
             print(f"resuming run {self.id} from {checkpoint}{damaged}")
+            self.fail_unfinished_models()
             return
         params = {
             k: v for k, v in flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()
@@ -120,6 +134,16 @@ class Run:
         self.logger.log_metrics({"model/params_total": total, "model/params_trainable": trainable})
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+
+    def fail_unfinished_models(self) -> None:
+        """A logged model an earlier leg left PENDING (stopped while logging it) is marked FAILED;
+        this leg logs the model again once it has tested."""
+        experiment = self.client.get_run(self.id).info.experiment_id
+        for model in self.client.search_logged_models(
+            [experiment], filter_string=f"source_run_id = '{self.id}'"
+        ):
+            if str(model.status) == "PENDING":
+                self.client.finalize_logged_model(model.model_id, "FAILED")
 
     def finish(self, trainer: L.Trainer, model, datamodule, tested: dict, started: float) -> dict:
         """The results: tested on the whole test split or partial (part of it, fast_dev_run, a
@@ -196,8 +220,14 @@ def lifecycle(
         killed = isinstance(exc, (KeyboardInterrupt, RunInterrupted)) or stop.received
         note = f"; checkpoint {stop.saved}" if stop.saved else ""
         error = f"{type(exc).__name__}: {exc}{note}"[:5000]
-        store.patiently(lambda: run.client.set_tag(run.id, "error", error))
-        store.patiently(lambda: run.client.set_terminated(run.id, "KILLED" if killed else "FAILED"))
+        try:
+            store.patiently(lambda: run.client.set_tag(run.id, "error", error))
+            store.patiently(
+                lambda: run.client.set_terminated(run.id, "KILLED" if killed else "FAILED")
+            )
+        except Exception as unrecorded:  # the store itself failed: nothing more can be written
+            if store.failure(unrecorded, run.uri) is None:
+                raise
         if (explained := _explained(exc, killed, stop, run)) is exc:
             raise
         raise explained from exc
@@ -224,6 +254,13 @@ def _explained(exc: BaseException, killed: bool, stop: StopOnSignal, run: Run) -
             f"{exc.strerror} while writing {where}: run {run.id} is FAILED; its checkpoints so far "
             f"are in {checkpoints}. Free space (or fix the permissions), then continue it with "
             f"resume={run.id}."
+        )
+    if reason := store.failure(exc, uri):
+        return UserError(
+            f"The tracking store {uri} failed while run {run.id} trained ({reason}), so the run's "
+            f"status could not be recorded; its checkpoints so far are in {checkpoints}. Once the "
+            f"store is back (restored, or its server up again), continue it with "
+            f"resume={run.id}; if the store is lost, run the same command again."
         )
     if store.is_busy(exc):
         return UserError(

@@ -6,6 +6,7 @@ store the artifacts live beside the database file, so one folder (mlruns/) holds
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,11 @@ import torch
 from mlflow.models import infer_signature
 
 from fmnist_exp.errors import ConfigError, UserError
+
+# MLflow logs every database error it meets, with its traceback and the SQL, before raising it; each
+# one reaches a run as an exception that ends in one paragraph (tracking.run: the store, the run, its
+# checkpoints), so its own copy is left out. A store that fails mid-run printed ~600 lines.
+logging.getLogger("mlflow.store.db.utils").addFilter(lambda record: record.levelno < logging.ERROR)
 
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores MLflow takes, beside sqlite
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -184,6 +190,25 @@ def is_busy(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def failure(exc: BaseException, tracking_uri: str) -> str | None:
+    """Why the store itself failed, when `exc` (or its causes) is the store refusing or gone: a
+    sqlite file deleted, a database error that is not a busy lock, a server that stopped answering.
+    None for anything else."""
+    import requests
+    import sqlalchemy
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        return f"its database file {db} no longer exists"
+    if is_busy(exc):
+        return None
+    while exc is not None:
+        if isinstance(exc, (sqlalchemy.exc.DBAPIError, requests.ConnectionError)):
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp import checks
-from fmnist_exp.errors import ConfigError, UserError, one_paragraph
+from fmnist_exp.errors import ConfigError, UserError, one_paragraph, printable
 from fmnist_exp.tracking import search, store
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def job_tags() -> dict[str, str]:
 
 def record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
     """A failed job must not sink the sweep: log it, make sure MLflow shows a FAILED run for it."""
-    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    message = printable(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     log.error("job failed: %s\n%s", message, "".join(traceback.format_exception(exc)))
     print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr)
     client = mlflow.MlflowClient(cfg.logger.tracking_uri)
@@ -272,5 +272,5 @@ class MLflowSweep(Callback):
             for run in sorted(failed, key=lambda r: int(r.data.tags.get("sweep.job_num", -1))):
                 tags = run.data.tags
                 print(f"  job {tags.get('sweep.job_num', '?')} [{tags.get('overrides', '')}]: "
-                      f"{tags.get('error', run.info.status)}", file=sys.stderr)  # fmt: skip
+                      f"{printable(tags.get('error', run.info.status))}", file=sys.stderr)  # fmt: skip
             sys.exit(1)
