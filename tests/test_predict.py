@@ -224,6 +224,9 @@ def test_eval_gives_the_test_accuracy_the_run_logged(trained_model, capsys):
         ("eval", ["data.split=other"], "data.split='other' is not one of"),
         ("report", ["partial=maybe"], "report: partial='maybe' must be true or false"),
         ("register", ["name=fmnist", "model_uri=x.ckpt"], "must be best or runs:/<run_id>/model"),
+        ("predict", ["+colour=blue"], "predict: +colour=blue: predict reads no colour"),
+        ("eval", ["+model_ur=x"], "eval reads no model_ur; did you mean model_uri?"),
+        ("serve", ["++max_upload=9"], "serve reads no max_upload; did you mean max_upload_mb?"),
     ],
 )  # fmt: skip
 def test_every_app_refuses_bad_options_in_one_paragraph(app, args, said, tmp_path, capsys):

@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fmnist_exp import checks
 from fmnist_exp.errors import UserError, one_paragraph
 from fmnist_exp.paths import config_dir, register_resolvers
 
@@ -33,6 +34,7 @@ def hydra_app(name: str, body: Callable[[DictConfig], object]) -> Callable[..., 
         def task(cfg: DictConfig) -> None:
             outcome["code"] = 1  # until body returns: a bug (Hydra prints its traceback)
             try:
+                checks.check_added_keys(list(HydraConfig.get().overrides.task), name)
                 code = body(cfg)
             except UserError as exc:
                 print(f"error: {one_paragraph(exc)}", file=sys.stderr)

@@ -75,19 +75,20 @@ def _keys(node, prefix: str = "") -> list[str]:
     return found
 
 
-def composed_from_files(overrides: list[str]) -> DictConfig:
-    """train.yaml with the given overrides: what the config files define for those choices."""
+def composed_from_files(overrides: list[str], app: str = "train") -> DictConfig:
+    """conf/<app>.yaml with the given overrides: what the config files define for those choices."""
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app
-        return compose("train", overrides=overrides)
+        return compose(app, overrides=overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose("train", overrides=overrides)
+        return compose(app, overrides=overrides)
 
 
-def check_added_keys(overrides: list[str]) -> None:
+def check_added_keys(overrides: list[str], app: str = "train") -> None:
     """An override that adds a key (`+key=`, or `++key=` where the files have none) or removes one
-    (`~key`) outside OPEN_BLOCKS is refused, naming the closest real key: the run reads only the
-    keys in conf/, so an added one would be recorded in MLflow as if it had taken effect.
-    (Hydra's `+` opens even a structured config's node, so its schemas cannot refuse these.)"""
+    (`~key`) outside OPEN_BLOCKS is refused, naming the closest real key: every app reads only the
+    keys in conf/<app>.yaml, so an added one would change nothing (and training would record it in
+    MLflow as if it had taken effect). Hydra's `+` opens even a structured config's node, so its
+    schemas cannot refuse these."""
     parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if o.package is None]
     groups = [o for o in parsed if (config_dir() / o.key_or_group).is_dir()]
     changes = [o for o in parsed if o not in groups and not _in_block(o.key_or_group, OPEN_BLOCKS)]
@@ -95,7 +96,7 @@ def check_added_keys(overrides: list[str]) -> None:
     if not suspects:
         return
     plain = [o.input_line for o in parsed if not (o in suspects or o.is_sweep_override())]
-    known = _keys(OmegaConf.to_container(composed_from_files(plain)))  # unresolved
+    known = _keys(OmegaConf.to_container(composed_from_files(plain, app)))  # unresolved
     for override in suspects:
         key = override.key_or_group
         if override.is_force_add() and key in known:  # ++ on a key the files have: a change
@@ -107,8 +108,10 @@ def check_added_keys(overrides: list[str]) -> None:
             )
         close = get_close_matches(key, [k for k in known if not k.startswith("hydra")], 1, 0.6)
         instead = f"did you mean {close[0]}? Set it as {close[0]}=..." if close else (
-            "The keys the run reads are in conf/ (python -m fmnist_exp --cfg job lists them)."
+            f"its keys are in conf/{app}.yaml (--help lists them)."
         )  # fmt: skip
+        if app != "train":
+            raise ConfigError(f"{app}: {override.input_line}: {app} reads no {key}; {instead}")
         raise ConfigError(
             f"{override.input_line}: the run reads no {key}, so it would be recorded in MLflow "
             f"and change nothing; {instead} (only trainer., model., optimizer., callbacks. and "
