@@ -3,11 +3,11 @@
 Every run is tagged `config_hash`: a hash of its resolved config without the keys that say where or
 how to run it (paths, MLflow location, resume switches, progress bars), numbers by value (an
 override `=0` for a float key is the config's 0.0), together with the digest of the data files it
-reads (tag `data_digest`), so the same overrides on other data are another experiment. Its checkpoints hold the
-MLflow run id and the training seconds so far. `resume=` continues a run from `last.ckpt` (written
-at the end of every epoch) into the same MLflow run; `skip_finished=true` (for re-running a killed
-sweep) skips a job whose identical config already has a FINISHED run and resumes one that has an
-unfinished run.
+reads (tag `data_digest`), so the same overrides on other data are another experiment. Its
+checkpoints hold the MLflow run id and the training seconds so far. `resume=` continues a run from
+`last.ckpt` (written at the end of every epoch) into the same MLflow run, with its own saved config
+(`reconcile`); `skip_finished=true` (for re-running a killed sweep) skips a job whose identical
+config already has a FINISHED run and resumes one that has an unfinished run.
 """
 
 import copy
@@ -261,7 +261,7 @@ def _fill_missing(saved: dict, command: dict, prefix: str = "") -> list[str]:
     added = []
     for key, value in command.items():
         path = f"{prefix}{key}"
-        if path == "hydra":
+        if path in ("hydra", "search"):  # Hydra's own; which search trial a job is
             continue
         if key not in saved:
             saved[key] = copy.deepcopy(value)
@@ -279,7 +279,7 @@ def reconcile(command: dict, saved: dict, run_id: str, overrides: list[str]) -> 
         values = ", ".join(f"{k}={_select(saved, k)}" for k in added)
         print(f"resume: run {run_id}'s saved config has no {', '.join(added)} (added since it "
               f"started); it continues with {values}.")  # fmt: skip
-    differ = []
+    differ, experiment = [], (experiment_part(command), experiment_part(saved))
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group.replace("/", ".")
         if any(key == w or key.startswith(f"{w}.") for w in WHERE_IT_RUNS):
@@ -287,7 +287,7 @@ def reconcile(command: dict, saved: dict, run_id: str, overrides: list[str]) -> 
         if any(key == a or key.startswith(f"{a}.") for a in APPLIED_ON_RESUME):
             _assign(saved, key, copy.deepcopy(_select(command, key)))
             continue
-        ours, theirs = experiment_part(command), experiment_part(saved)
+        ours, theirs = experiment
         if _select(ours, key) is _MISSING and _select(theirs, key) is _MISSING:
             ours, theirs = command, saved  # outside the experiment: logger.log_model, ...
         mine, its = (integral_floats_as_ints(_select(c, key)) for c in (ours, theirs))
