@@ -415,7 +415,7 @@ def test_the_ui_opens_on_the_runs_table_and_runs_light(trained_model):
                 os.kill(pid, signal.SIGTERM)
         out = process.communicate(timeout=30)[0]
     address = (f"MLflow UI: http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?"
-               "workflowType=machine_learning&orderByKey=metrics.%60test%2Facc%60&orderByAsc=false")  # fmt: skip
+               "workflowType=machine_learning&orderByKey=metrics.%60val%2Facc_best%60&orderByAsc=false")  # fmt: skip
     assert address in out
 
 

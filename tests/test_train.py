@@ -153,7 +153,7 @@ def test_partial_runs_are_never_best(make_config, capsys):
     smoke = make_config("trainer.limit_test_batches=1", "trainer.limit_train_batches=40")
     train(smoke)
     assert "(partial: 1000 of 10000 test images)" in capsys.readouterr().out
-    with pytest.raises(UserError, match="no finished run that tested on its whole test split"):
+    with pytest.raises(UserError, match="no finished run that validated, tested on its whole test split"):
         inference.best_run_uri(smoke.logger.tracking_uri, "fashion-mnist")
     debug = make_config("++trainer.fast_dev_run=true", "logger.log_model=false")
     train(debug)  # one batch of each split: partial, and its test metrics still reach MLflow
@@ -391,3 +391,27 @@ def test_a_run_that_never_validates_logs_no_best_validation_accuracy(make_config
         in (" ".join(done.stderr.split()))
     )
     assert not (tmp_path / "sweep.db").exists()
+
+
+def test_best_is_chosen_on_validation_not_on_the_test_set(tmp_path):
+    """model_uri=best (serve's, predict's and eval's default) takes the run with the highest
+    val/acc_best, even where another run scored higher on the test split; a run that never
+    validated is not chosen."""
+    from conftest import ready_store
+
+    from fmnist_exp import inference
+
+    uri = ready_store(tmp_path / "mlruns")
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("fashion-mnist")
+    made = {}
+    for name, val, test in [("higher_val", 0.91, 0.88), ("higher_test", 0.89, 0.92),
+                            ("never_validated", None, 0.95)]:  # fmt: skip
+        run_id = client.create_run(experiment, tags={"partial": "false"}).info.run_id
+        client.log_param(run_id, "logger.log_model", "True")
+        if val is not None:
+            client.log_metric(run_id, "val/acc_best", val)
+        client.log_metric(run_id, "test/acc", test)
+        client.set_terminated(run_id, "FINISHED")
+        made[name] = run_id
+    assert inference.best_run_uri(uri, "fashion-mnist") == f"runs:/{made['higher_val']}/model"

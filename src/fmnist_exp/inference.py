@@ -1,8 +1,9 @@
 """A trained model from any `model_uri`, as one function: raw pixels -> class probabilities.
 
 model_uri is one of
-  best                      the FINISHED run with the highest test/acc in the experiment, among
-                            runs that tested on their whole test split (partial runs are skipped)
+  best                      the FINISHED run with the highest val/acc_best in the experiment (the
+                            validation accuracy of the checkpoint it tested), among runs that
+                            tested on their whole test split; chosen on validation, never on test
   runs:/<run_id>/model      the model a training run logged (torch.export, MLflow's pytorch flavour)
   models:/<name>/<version>  a version in the MLflow model registry (see `register`); also
                             models:/<name>@<alias> and models:/<name>/latest
@@ -22,7 +23,7 @@ from fmnist_exp.tracking import store
 from fmnist_exp.training.module import load_classifier
 
 URI_HELP = (
-    "Use best (the highest test/acc in the experiment), runs:/<run_id>/model, "
+    "Use best (the highest val/acc_best in the experiment), runs:/<run_id>/model, "
     "models:/<name>/<version>, or the path of a .ckpt file written by a run "
     "(outputs/runs/<time>/checkpoints/)."
 )
@@ -42,23 +43,26 @@ class LoadedModel:
 
 
 def best_run_uri(tracking_uri: str, experiment: str) -> str:
-    """runs:/<id>/model of the FINISHED, non-partial run with the highest test/acc that logged a
-    model. A partial run (tag partial=true: it tested on part of its test split) is no result."""
+    """runs:/<id>/model of the FINISHED, non-partial run with the highest val/acc_best (the best
+    epoch's validation accuracy: the checkpoint the run tested and logged) that logged a model. The
+    choice is made on validation: test/acc is reported, never used to choose. A partial run (tag
+    partial=true: it tested on part of its test split) is no result; nor is one that never
+    validated."""
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     query = "attributes.status = 'FINISHED' and tags.partial = 'false'"
     runs = (
         client.search_runs(
-            [found.experiment_id], query, order_by=["metrics.`test/acc` DESC"], max_results=50
+            [found.experiment_id], query, order_by=["metrics.`val/acc_best` DESC"], max_results=50
         )
         if found
         else []
     )
     for run in runs:
-        if "test/acc" in run.data.metrics and run.data.params.get("logger.log_model") == "True":
+        if "val/acc_best" in run.data.metrics and run.data.params.get("logger.log_model") == "True":
             return f"runs:/{run.info.run_id}/model"
     raise UserError(
-        f"model_uri=best: no finished run that tested on its whole test split and logged a model "
+        f"model_uri=best: no finished run that validated, tested on its whole test split and logged a model "
         f"in experiment {experiment!r} of {tracking_uri} (partial runs, such as those with "
         f"trainer.limit_test_batches, are never ranked). Train one first (`make train`), or name "
         f"the model: {URI_HELP}"

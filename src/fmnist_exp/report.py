@@ -118,7 +118,7 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["delta_pp"] = ((table.test_acc - table.reference_acc) * 100).round(2)
     return (
         table[COLUMNS]
-        .sort_values(["params", "test_acc"], na_position="last")
+        .sort_values(["params", "best_val_acc"], na_position="last")
         .reset_index(drop=True)
     )
 

@@ -1,5 +1,6 @@
 """`python -m fmnist_exp.ui [port=5000]` (or `make ui`; options: conf/ui.yaml): the MLflow UI over the
-project's store, opening on the experiment's runs table, best test/acc first.
+project's store, opening on the experiment's runs table, best val/acc_best first (runs are chosen
+on validation; test/acc is reported beside it).
 
 MLflow 3 opens an experiment on its GenAI overview unless the address names the runs tab, and marks
 an experiment for machine learning by its `mlflow.experimentKind` tag: both are set here. The server
@@ -19,13 +20,13 @@ from fmnist_exp.tracking import store
 
 ORDER = (
     "workflowType=machine_learning&orderByKey="
-    + quote("metrics.`test/acc`", safe="")
+    + quote("metrics.`val/acc_best`", safe="")
     + "&orderByAsc=false"
 )
 
 
 def runs_address(base: str, experiment_id: str) -> str:
-    """The UI page of an experiment's runs table, sorted by test/acc, best first."""
+    """The UI page of an experiment's runs table, sorted by val/acc_best, best first."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{ORDER}"
 
 
