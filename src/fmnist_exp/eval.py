@@ -65,13 +65,14 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
     except DataError as exc:
         if not expected:
             raise
-        found = f"none ({one_paragraph(exc)})"
+        found, now = None, f"no data is found there ({one_paragraph(exc)[:200]})"
+    else:
+        now = f"{data['data_dir'] or 'the default folders'} now hold other files (digest {found})"
     if expected and found != expected:
         raise UserError(
             f"eval: run {run.info.run_id} read the data in {params.get('data/source')} (digest "
-            f"{expected}); {data['data_dir'] or 'the default folders'} now hold other files "
-            f"(digest {found}), so its test split is not here. Point data.data_dir at a copy of "
-            f"the data the run read."
+            f"{expected}), but {now}, so its test split is not here. Point data.data_dir at a copy "
+            f"of the data the run read."
         )
     datamodule.setup("test")
     return (*datamodule.test, datamodule.class_names)

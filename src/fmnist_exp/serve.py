@@ -257,7 +257,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
             f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}): another program may "
             f"be serving there. Stop it, or choose another port, e.g. port={port + 1}."
         ) from exc
-    sock.set_inheritable(True)
     return sock
 
 

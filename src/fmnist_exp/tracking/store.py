@@ -15,6 +15,8 @@ from unittest import mock
 
 import mlflow
 import numpy as np
+import requests
+import sqlalchemy
 import torch
 from mlflow.models import infer_signature
 
@@ -46,8 +48,6 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with the address, when a tracking server does not answer (MLflow's own client
     would retry with back-off for minutes)."""
-    import requests
-
     try:
         requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
     except requests.RequestException as exc:
@@ -61,8 +61,6 @@ def check_server(tracking_uri: str, timeout_s: float = 5.0) -> None:
 def check_database(tracking_uri: str, timeout_s: int = 5) -> None:
     """Fail fast, naming the server, when a database store cannot be reached, refuses the login or
     lacks its driver (MLflow's own engine retries for minutes, then prints a long traceback)."""
-    import sqlalchemy
-
     url = sqlalchemy.engine.make_url(tracking_uri)
     shown = url.render_as_string(hide_password=True)
     options = (
@@ -196,9 +194,6 @@ def failure(exc: BaseException, tracking_uri: str) -> str | None:
     """Why the store itself failed, when `exc` (or its causes) is the store refusing or gone: a
     sqlite file deleted, a database error that is not a busy lock, a server that stopped answering.
     None for anything else."""
-    import requests
-    import sqlalchemy
-
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
         return f"its database file {db} no longer exists"

@@ -181,22 +181,18 @@ class MLflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         uri, sweep_dir = config.logger.tracking_uri, Path(config.hydra.sweep.dir)
+        overrides, options = list(config.hydra.overrides.task), config.hydra.sweeper
         try:
-            check_sweep_ranges(list(config.hydra.overrides.task))
-            checks.check_added_keys(list(config.hydra.overrides.task))
+            check_sweep_ranges(overrides)
+            checks.check_added_keys(overrides)
             checks.check_validates(config)
             if is_search(config):
-                ready = search.prepare(
-                    config.hydra.sweeper, config, list(config.hydra.overrides.task)
-                )
-                if (
-                    done := search.finished_trials(ready["study"])
-                ) >= config.hydra.sweeper.n_trials:
-                    print(f"study {config.hydra.sweeper.study_name!r} in {ready['storage']} already "
-                          f"holds {done} finished trials (hydra.sweeper.n_trials="
-                          f"{config.hydra.sweeper.n_trials}): nothing to run, no sweep recorded. "
-                          f"Raise hydra.sweeper.n_trials to search on, or start another study "
-                          f"(hydra.sweeper.study_name=<new name>).")  # fmt: skip
+                ready = search.prepare(options, config, overrides)
+                if (done := search.finished_trials(ready["study"])) >= options.n_trials:
+                    print(f"study {options.study_name!r} in {ready['storage']} already holds {done} "
+                          f"finished trials (hydra.sweeper.n_trials={options.n_trials}): nothing to "
+                          f"run, no sweep recorded. Raise hydra.sweeper.n_trials to search on, or "
+                          f"start another study (hydra.sweeper.study_name=<new name>).")  # fmt: skip
                     sys.exit(0)
             experiment_id = store.ensure_store(uri, config.logger.experiment)
         except UserError as exc:  # before any job: one paragraph, exit 2
