@@ -71,7 +71,7 @@ def test_uncompressed_idx_files_are_read_too(tmp_path, real_data_dir, real_data)
 
 def test_official_split_is_seeded_and_disjoint(real_data_dir):
     a = FashionMNISTDataModule(data_dir=str(real_data_dir), val_size=5000, split_seed=0)
-    b = FashionMNISTDataModule(data_dir=str(real_data_dir), val_size=5000, split_seed=0)
+    b = FashionMNISTDataModule(data_dir=str(real_data_dir), split_seed=0)  # the default: 1/12
     a.setup(), b.setup()
     assert a.summary() == {
         "data/source": str(real_data_dir), "data/format": "idx",
@@ -249,6 +249,9 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
         ({"eval_batch_size": 12.5}, "data.eval_batch_size"),
         ({"val_size": 0}, "data.val_size"),
         ({"val_size": True}, "data.val_size"),
+        ({"val_size": 1.0}, "data.val_size"),
+        ({"val_size": -0.5}, "data.val_size"),
+        ({"val_size": "half"}, "data.val_size"),
         ({"augment": {"rotate": 10}}, "data.augment.rotate"),
         ({"augment": {"erase_prob": 1.5}}, "data.augment.erase_prob"),
         ({"augment": {"crop_padding": -2}}, "data.augment.crop_padding"),

@@ -78,7 +78,7 @@ def test_a_student_taught_only_by_its_teacher_learns(make_config, trained_model,
             ["module.distill.teachers=[{run_id}]", "data=fashion_mnist_80_10_10"],
             "data.split=official",
         ),
-        (["module.distill.teachers=[{run_id}]", "data.val_size=6000"], "data.val_size=5000"),
+        (["module.distill.teachers=[{run_id}]", "data.val_size=6000"], "held out 5000 images"),
         (
             ["module.distill.teachers=[{run_id}]", "module.distill.weight=2"],
             "module.distill.weight=2",

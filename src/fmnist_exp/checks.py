@@ -173,10 +173,11 @@ def check_data(data: Mapping) -> None:
             is_whole(data[key]),
             f"data.{key}={data[key]!r} must be a positive number of images per batch.",
         )
+    val_size = data["val_size"]
     _rule(
-        is_whole(data["val_size"]),
-        f"data.val_size={data['val_size']!r} must be a whole number >= 1: the training images "
-        f"held out for validation (it must also be smaller than the training split).",
+        is_whole(val_size) or (isinstance(val_size, float) and 0 < val_size < 1),
+        f"data.val_size={val_size!r} must be a count of training images held out for validation "
+        f"(a whole number >= 1, e.g. 5000) or a fraction of them (0 < f < 1, e.g. 0.1).",
     )
     augment = data.get("augment") or {}
     if unknown := sorted(set(augment) - set(AUGMENTATIONS)):

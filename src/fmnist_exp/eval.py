@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import mlflow
 import torch
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,7 +55,7 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
     params = run.data.params if run else {}
     for key in FROM_THE_RUN:
         if f"data.{key}" in params:
-            data[key] = type(data[key])(params[f"data.{key}"])
+            data[key] = yaml.safe_load(params[f"data.{key}"])  # as logged: 5000 or 0.0833...
     if data["data_dir"] is None:  # the folder the run read, wherever it found it
         data["data_dir"] = params.get("data/source") or none_as_null(params.get("data.data_dir"))
     checks.check_data(data)

@@ -117,6 +117,20 @@ def resolved(path: str | Path, key: str) -> Path:
         ) from exc
 
 
+def validation_count(val_size: int | float, n: int, source: Path | str) -> int:
+    """data.val_size as a number of images held out of the n training images: a count as given, a
+    fraction (0 < f < 1) of n, rounded, at least 1. Either must leave images to train on."""
+    count = val_size if isinstance(val_size, int) else max(1, round(val_size * n))
+    if count >= n:
+        given = "" if isinstance(val_size, int) else f" ({count} of them)"
+        raise ConfigError(
+            f"data.val_size={val_size}{given} must be smaller than the training split, which has "
+            f"{n} images in {source}: validation is held out of it. Give a fraction such as "
+            f"data.val_size=0.1 or a count such as data.val_size={max(1, n // 10)} (a tenth)."
+        )
+    return count
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -125,7 +139,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         url: str = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         md5: dict[str, str] | None = None,
         split: str = "official",
-        val_size: int = 5000,
+        val_size: int | float = 1 / 12,
         split_seed: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 1000,
@@ -177,14 +191,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.source, self.format, self.class_names = data.source, data.format, data.class_names
         if self.split == "official":
             n = len(data.train_labels)
-            if self.val_size >= n:
-                raise ConfigError(
-                    f"data.val_size={self.val_size} must be smaller than the training split, which "
-                    f"has {n} images in {data.source}: validation is held out of it. Give e.g. "
-                    f"data.val_size={max(1, n // 10)} (a tenth)."
-                )
+            n_val = validation_count(self.val_size, n, data.source)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-            val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+            val_idx, train_idx = order[:n_val], order[n_val:]
             self.train = data.train_images[train_idx], data.train_labels[train_idx]
             self.val = data.train_images[val_idx], data.train_labels[val_idx]
             self.test = data.test_images, data.test_labels

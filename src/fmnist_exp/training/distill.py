@@ -21,6 +21,7 @@ from unittest import mock
 import mlflow
 import torch
 
+from fmnist_exp.data.datamodule import validation_count
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.training.module import load_classifier
 
@@ -61,11 +62,19 @@ def _check_split(run, data: dict) -> None:
                 f"A teacher from another split has trained on images this run tests on. Use teachers "
                 f"trained with the same data split, or change {key} to theirs."
             )
-    if data["split"] == "official" and int(params.get("data.val_size", -1)) < data["val_size"]:
+    if data["split"] != "official":
+        return
+    # the teacher held out the first n_theirs images of the same permutation (split_seed), so it
+    # never trained on our validation images when n_theirs >= ours, counted on its training split
+    n_theirs = int(params.get("data/n_val", -1))
+    n = n_theirs + int(params.get("data/n_train", 0))
+    ours = validation_count(data["val_size"], n, params.get("data/source"))
+    if n_theirs < ours:
         raise ConfigError(
-            f"module.distill.teachers: run {run_id} held out data.val_size={params.get('data.val_size')} "
-            f"images, this run holds out {data['val_size']}: the teacher trained on images this run "
-            f"validates on. Use teachers with data.val_size >= {data['val_size']}."
+            f"module.distill.teachers: run {run_id} held out {n_theirs} images for validation "
+            f"(data.val_size={params.get('data.val_size')}), this run holds out {ours} "
+            f"(data.val_size={data['val_size']}): the teacher trained on images this run "
+            f"validates on. Use teachers that held out at least as many images."
         )
 
 
