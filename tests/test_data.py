@@ -76,7 +76,7 @@ def test_official_split_is_seeded_and_disjoint(real_data_dir):
     assert a.summary() == {
         "data/source": str(real_data_dir), "data/format": "idx",
         "data/n_train": 55000, "data/n_val": 5000, "data/n_test": 10000,
-        "data/classes": json.dumps(list(dataset.CLASS_NAMES)),
+        "data/classes": json.dumps(list(dataset.CLASS_NAMES)), "data/name": "fashion-mnist",
     }  # fmt: skip
     assert torch.equal(a.val[0], b.val[0])
     train_rows = {bytes(x.numpy()) for x in a.train[0][:3000]}

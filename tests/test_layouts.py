@@ -123,8 +123,9 @@ def test_other_class_names_train_a_network_of_their_size_and_travel_with_the_mod
     }
     names = ["owl", "cat", "dog"]  # label 0 (T-shirt) -> owl, 1 -> cat, 2 -> dog
     root = write_picture_folder(tmp_path / "animals", splits, names)
-    cfg = make_config(f"data.data_dir={root}", "trainer.limit_train_batches=12",
-                      "trainer.limit_test_batches=null")  # no data.val_size: 1/12 of ~900 images
+    cfg = make_config(
+        f"data.data_dir={root}", "trainer.limit_train_batches=12", "trainer.limit_test_batches=null"
+    )  # no data.val_size: 1/12 of ~900 images
 
     results = train(cfg)
     assert results["test/acc"] > 0.6  # three well-separated garments (chance: 1/3), 12 steps

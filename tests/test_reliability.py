@@ -667,3 +667,38 @@ def test_two_skip_finished_commands_at_once_train_the_config_once(tmp_path, real
     assert [p.returncode for p in processes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert sum("skipped: this config already FINISHED" in out for out, _ in outs) == 1
     assert [r.info.status for r in runs(tmp_path)] == ["FINISHED"]
+
+
+def test_parallel_runs_log_the_same_new_dataset(tmp_path):
+    """MLflow adds a dataset to the experiment by reading, then inserting: parallel jobs that log
+    the same new data at once collide on its unique key (about a third of them here, before the
+    retry). Every run gets its datasets."""
+    import threading
+
+    from conftest import ready_store
+
+    from fmnist_exp.tracking import store
+
+    client = mlflow.MlflowClient(ready_store(tmp_path))
+    experiment = client.create_experiment("fashion-mnist")
+    failed, runs = [], []
+
+    def start(digest: str) -> None:
+        split = {"context": "training", "name": "fashion-mnist", "source": tmp_path,
+                 "digest": digest, "n_images": 1, "classes": ["a"]}  # fmt: skip
+        try:
+            run_id = client.create_run(experiment).info.run_id
+            store.log_datasets(client, run_id, [split])
+            runs.append(run_id)
+        except Exception as exc:  # noqa: BLE001 (any failure is the test's finding)
+            failed.append(exc)
+
+    for data in range(8):
+        jobs = [threading.Thread(target=start, args=(f"digest{data}",)) for _ in range(6)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+    assert failed == [] and len(runs) == 48
+    for run_id in runs:
+        assert len(client.get_run(run_id).inputs.dataset_inputs) == 1

@@ -429,3 +429,25 @@ def test_bad_search_input_is_one_paragraph_before_anything_is_made(run_main, tmp
         else []
     )
     assert runs == []  # no parent run, no trial
+
+
+def test_a_sweep_over_two_data_names_no_best(run_main, tmp_path, real_data_dir, real_data):
+    """A sweep whose jobs read different data ranks none against the others: no best run."""
+    from test_data import write_csv
+
+    from fmnist_exp.data import dataset
+
+    small = tmp_path / "small"
+    small.mkdir()
+    write_csv(small / dataset.CSV_FILES["train"], real_data.train_images[:1200],
+              real_data.train_labels[:1200])  # fmt: skip
+    write_csv(small / dataset.CSV_FILES["test"], real_data.test_images[:300],
+              real_data.test_labels[:300])  # fmt: skip
+    done = run_main("--multirun", f"data.data_dir={real_data_dir},{small}", *TINY,
+                    "++trainer.limit_test_batches=null", *store_args(tmp_path, real_data_dir)[1:])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the jobs read 2 different data (small (data_digest" in done.stdout
+    assert "fashion-mnist (data_digest" in done.stdout and "no best across them" in done.stdout
+    parent, children = parent_and_children(tmp_path)
+    assert len(children) == 2 and "best_run_id" not in parent.data.tags
+    assert {c.data.tags["data.name"] for c in children} == {"fashion-mnist", "small"}

@@ -1,16 +1,19 @@
 """Real (short) training runs on the real data, read back through the MLflow client."""
 
 import contextlib
+import json
 from pathlib import Path
 
 import lightning as L
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from fmnist_exp import checks
+from fmnist_exp.data import dataset
 from fmnist_exp.errors import ConfigError, UserError
 from fmnist_exp.train import train
 from fmnist_exp.training.callbacks import RunInterrupted, moving_average
@@ -153,7 +156,9 @@ def test_partial_runs_are_never_best(make_config, capsys):
     smoke = make_config("trainer.limit_test_batches=1", "trainer.limit_train_batches=40")
     train(smoke)
     assert "(partial: 1000 of 10000 test images)" in capsys.readouterr().out
-    with pytest.raises(UserError, match="no finished run that validated, tested on its whole test split"):
+    with pytest.raises(
+        UserError, match="no finished run that validated, tested on its whole test split"
+    ):
         inference.best_run_uri(smoke.logger.tracking_uri, "fashion-mnist")
     debug = make_config("++trainer.fast_dev_run=true", "logger.log_model=false")
     train(debug)  # one batch of each split: partial, and its test metrics still reach MLflow
@@ -415,3 +420,74 @@ def test_best_is_chosen_on_validation_not_on_the_test_set(tmp_path):
         client.set_terminated(run_id, "FINISHED")
         made[name] = run_id
     assert inference.best_run_uri(uri, "fashion-mnist") == f"runs:/{made['higher_val']}/model"
+
+
+def test_runs_on_different_data_are_never_compared(tmp_path, capsys):
+    """best and the report rank runs on one data only (dataset=auto: the newest run's), say how
+    many they left out, and take a name or a data_digest; a sweep over two data names no best."""
+    from conftest import ready_store
+
+    from fmnist_exp import inference
+    from fmnist_exp.report import main as report
+
+    uri = ready_store(tmp_path / "mlruns")
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("fashion-mnist")
+    made = {}
+    for name, data, digest, val in [("fm_low", "fashion-mnist", "aaaa1111", 0.90),
+                                    ("fm_high", "fashion-mnist", "aaaa1111", 0.91),
+                                    ("pics", "pics", "bbbb2222", 0.99)]:  # fmt: skip
+        tags = {"partial": "false", "data_digest": digest, "data.name": data, "model": "mlp"}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_param(run_id, "logger.log_model", "True")
+        client.log_metric(run_id, "val/acc_best", val)
+        client.log_metric(run_id, "test/acc", val - 0.01)
+        client.set_terminated(run_id, "FINISHED")
+        made[name] = run_id
+    best = inference.best_run_uri  # pics is the newest run: auto compares on its data
+    assert best(uri, "fashion-mnist") == f"runs:/{made['pics']}/model"
+    said = capsys.readouterr().err
+    assert "compared pics (data_digest bbbb2222, 1 run)" in said
+    assert "left out 2 run(s) on other data: fashion-mnist (data_digest aaaa1111, 2 runs)" in said
+    assert best(uri, "fashion-mnist", "fashion-mnist") == f"runs:/{made['fm_high']}/model"
+    assert best(uri, "fashion-mnist", "aaaa") == f"runs:/{made['fm_high']}/model"
+    with pytest.raises(
+        UserError, match=r"dataset=mnist matches none of them\. The runs read: pics"
+    ):
+        best(uri, "fashion-mnist", "mnist")
+
+    out = tmp_path / "report"
+    assert report([f"tracking_uri={uri}", "sweep=null", "dataset=fashion-mnist", f"out={out}"]) == 0
+    table = pd.read_csv(out / "table.csv")
+    assert set(table.run_id) == {made["fm_low"], made["fm_high"]}
+    said = capsys.readouterr().out
+    assert "left out 1 run(s) on other data: pics" in said and "2 runs on fashion-mnist" in said
+
+
+def test_a_run_names_its_training_validation_and_test_data(make_config):
+    """Each split is an MLflow dataset of the run (the UI's Dataset column, dataset.* filters):
+    fashion-mnist by content, a digest per split, the folder, its size and class names."""
+    cfg = make_config()
+    train(cfg)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name("fashion-mnist").experiment_id
+    run = client.search_runs([experiment])[0]
+    by_context = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        for i in run.inputs.dataset_inputs
+    }
+    assert set(by_context) == {"training", "validation", "test"}
+    assert {d.name for d in by_context.values()} == {"fashion-mnist"}
+    assert len({d.digest for d in by_context.values()}) == 3
+    assert by_context["test"].digest == dataset.OFFICIAL_DIGESTS[1]  # the whole official test set
+    sizes = {c: json.loads(d.profile)["num_images"] for c, d in by_context.items()}
+    assert sizes == {"training": 55000, "validation": 5000, "test": 10000}
+    assert json.loads(by_context["test"].profile)["classes"] == list(dataset.CLASS_NAMES)
+    assert json.loads(by_context["test"].source)["uri"].startswith("file://")
+    assert run.data.tags["data.name"] == "fashion-mnist"
+    found = client.search_runs(
+        [experiment],
+        f"dataset.name = 'fashion-mnist' and dataset.digest = '{dataset.OFFICIAL_DIGESTS[1]}' "
+        "and dataset.context = 'test'",
+    )
+    assert [r.info.run_id for r in found] == [run.info.run_id]

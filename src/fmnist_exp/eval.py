@@ -81,7 +81,7 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
 
 def evaluate(cfg: DictConfig) -> Evaluation:
     checks.check_data(OmegaConf.to_container(cfg.data, resolve=True))  # before the model loads
-    model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment)
+    model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment, cfg.dataset)
     run = run_of(model, cfg.tracking_uri)
     images, labels, class_names = test_split(cfg.data, run)
     if tuple(class_names) != tuple(model.class_names):

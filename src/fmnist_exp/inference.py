@@ -3,13 +3,15 @@
 model_uri is one of
   best                      the FINISHED run with the highest val/acc_best in the experiment (the
                             validation accuracy of the checkpoint it tested), among runs that
-                            tested on their whole test split; chosen on validation, never on test
+                            tested on their whole test split and read the same data (dataset=);
+                            chosen on validation, never on test
   runs:/<run_id>/model      the model a training run logged (torch.export, MLflow's pytorch flavour)
   models:/<name>/<version>  a version in the MLflow model registry (see `register`); also
                             models:/<name>@<alias> and models:/<name>/latest
   path/to/file.ckpt         a Lightning checkpoint written by a run (loaded with weights_only)
 """
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from fmnist_exp.data.dataset import CLASS_NAMES
 from fmnist_exp.errors import UserError, one_paragraph
-from fmnist_exp.tracking import store
+from fmnist_exp.tracking import same_data, store
 from fmnist_exp.training.module import load_classifier
 
 URI_HELP = (
@@ -42,31 +44,35 @@ class LoadedModel:
         return self.module(images.float()).float()
 
 
-def best_run_uri(tracking_uri: str, experiment: str) -> str:
+def best_run_uri(tracking_uri: str, experiment: str, dataset: str = "auto") -> str:
     """runs:/<id>/model of the FINISHED, non-partial run with the highest val/acc_best (the best
-    epoch's validation accuracy: the checkpoint the run tested and logged) that logged a model. The
+    epoch's validation accuracy: the checkpoint the run tested and logged) that logged a model,
+    among the runs on one data (tracking/same_data.py: dataset=auto is the newest such run's). The
     choice is made on validation: test/acc is reported, never used to choose. A partial run (tag
     partial=true: it tested on part of its test split) is no result; nor is one that never
-    validated."""
+    validated. Runs left out because they read other data are named on stderr."""
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    query = "attributes.status = 'FINISHED' and tags.partial = 'false'"
-    runs = (
-        client.search_runs(
-            [found.experiment_id], query, order_by=["metrics.`val/acc_best` DESC"], max_results=50
+    query = (
+        "attributes.status = 'FINISHED' and tags.partial = 'false' and "
+        "params.`logger.log_model` = 'True' and metrics.`val/acc_best` >= 0"
+    )
+    runs = store.all_runs(client, [found.experiment_id], query) if found else []
+    if not runs:
+        raise UserError(
+            f"model_uri=best: no finished run that validated, tested on its whole test split and "
+            f"logged a model in experiment {experiment!r} of {tracking_uri} (partial runs, such as "
+            f"those with trainer.limit_test_batches, are never ranked). Train one first (`make "
+            f"train`), or name the model: {URI_HELP}"
         )
-        if found
-        else []
+    data, note = same_data.choose(
+        [same_data.tags_of(r.data.tags) for r in runs], dataset, "model_uri=best"
     )
-    for run in runs:
-        if "val/acc_best" in run.data.metrics and run.data.params.get("logger.log_model") == "True":
-            return f"runs:/{run.info.run_id}/model"
-    raise UserError(
-        f"model_uri=best: no finished run that validated, tested on its whole test split and logged a model "
-        f"in experiment {experiment!r} of {tracking_uri} (partial runs, such as those with "
-        f"trainer.limit_test_batches, are never ranked). Train one first (`make train`), or name "
-        f"the model: {URI_HELP}"
-    )
+    on_data = [r for r in runs if same_data.tags_of(r.data.tags)[0] == data.digest]
+    best = max(on_data, key=lambda r: (r.data.metrics["val/acc_best"], r.info.start_time))
+    if note:
+        print(f"model_uri=best: {note}", file=sys.stderr)
+    return f"runs:/{best.info.run_id}/model"
 
 
 def logged_details(model_uri: str) -> tuple[tuple[str, ...], str | None]:
@@ -77,10 +83,13 @@ def logged_details(model_uri: str) -> tuple[tuple[str, ...], str | None]:
     return tuple((info.metadata or {}).get("class_names", CLASS_NAMES)), info.run_id
 
 
-def load(model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist") -> LoadedModel:
-    """The model behind model_uri, on the CPU in eval mode. Every way it can fail is a UserError."""
+def load(
+    model_uri: str, tracking_uri: str, experiment: str = "fashion-mnist", dataset: str = "auto"
+) -> LoadedModel:
+    """The model behind model_uri, on the CPU in eval mode (best: among runs on `dataset`, see
+    best_run_uri). Every way it can fail is a UserError."""
     if model_uri == "best":
-        model_uri = best_run_uri(tracking_uri, experiment)
+        model_uri = best_run_uri(tracking_uri, experiment, dataset)
     if model_uri.startswith(("runs:/", "models:/")):
         mlflow.set_tracking_uri(tracking_uri)
         try:

@@ -52,7 +52,7 @@ def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
 
 def run(cfg: DictConfig) -> int:
     paths = checks.check_predict(cfg)
-    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment)
+    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment, cfg.dataset)
     found = read_inputs(paths, model.class_names)
     table = predict_table(model, found.names, found.images, found.labels, cfg.batch_size)
     show = cfg.show

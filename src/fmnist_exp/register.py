@@ -17,7 +17,7 @@ def run(cfg: DictConfig) -> int:
             "register: name= is required, e.g. name=fmnist (the registry entry to add to)."
         )
     if model_uri == "best":
-        model_uri = inference.best_run_uri(uri, cfg.experiment)
+        model_uri = inference.best_run_uri(uri, cfg.experiment, cfg.dataset)
     if not str(model_uri).startswith("runs:/"):
         raise UserError(
             f"register: model_uri={model_uri} must be best or runs:/<run_id>/model (a logged model)."

@@ -3,7 +3,8 @@
 Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
 the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
 differ only in the seed, folded into one row: test accuracy mean +- std); and params_vs_accuracy.png
-(one point per folded row). With a sweep (the default: the latest) the files are also logged as
+(one point per folded row), for the runs on one data (dataset=auto: the newest run's; the others
+are counted and left out). With a sweep (the default: the latest) the files are also logged as
 artifacts of the sweep's parent run under report/. Partial runs (tag partial=true: they tested
 on part of their test split) are no results and are left out unless partial=true.
 """
@@ -24,7 +25,7 @@ from fmnist_exp import checks  # noqa: E402
 from fmnist_exp.app import hydra_app  # noqa: E402
 from fmnist_exp.errors import UserError  # noqa: E402
 from fmnist_exp.paths import check_writable, project_root  # noqa: E402
-from fmnist_exp.tracking import resume  # noqa: E402
+from fmnist_exp.tracking import resume, same_data  # noqa: E402
 from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
@@ -89,6 +90,21 @@ def select_runs(
             f"report: no runs match (sweep={sweep or '-'}, filter={filter_string!r}) in experiment {experiment!r}."
         )
     return runs, parent_id
+
+
+def on_one_data(runs: pd.DataFrame, wanted: str) -> tuple[pd.DataFrame, same_data.Data]:
+    """The runs on one data (tracking/same_data.py; dataset=auto: the newest run's), saying on
+    stdout how many were left out because they read other data."""
+    runs = runs.sort_values("start_time", ascending=False)
+    keys = ("data_digest", "data.name")
+    pairs = [
+        same_data.tags_of({k: v for k in keys if isinstance(v := row.get(f"tags.{k}"), str)})
+        for _, row in runs.iterrows()
+    ]
+    data, note = same_data.choose(pairs, wanted, "report")
+    if note:
+        print(note)
+    return runs[[digest == data.digest for digest, _ in pairs]], data
 
 
 def build_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -259,6 +275,7 @@ def report(cfg: DictConfig) -> Path:
                 "with trainer.limit_test_batches): there is no result to report. Train without "
                 "the limit, or pass partial=true to list them anyway."
             )
+    runs, data = on_one_data(runs, cfg.dataset)
     table = build_table(runs)
     stamp = parent_id or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(cfg.out or project_root() / "outputs" / "reports" / stamp)
@@ -276,7 +293,7 @@ def report(cfg: DictConfig) -> Path:
     if (seeds.seeds > 1).any():  # some configuration ran with several seeds
         print("\nover seeds:\n" + to_markdown(seeds), end="")
     print(
-        f"{len(table)} runs -> {out}"
+        f"{len(table)} run{'s' * (len(table) != 1)} on {data.name} (data_digest {data.digest}) -> {out}"
         + (f" (also on parent run {parent_id}, report/)" if parent_id else "")
     )
     return out

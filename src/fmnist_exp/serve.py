@@ -235,7 +235,8 @@ def run(cfg: DictConfig) -> int:
     import uvicorn
 
     checks.check_serve(cfg)
-    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment)  # fails before binding
+    # fails before binding
+    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment, cfg.dataset)
     app = create_app(model, int(cfg.max_upload_mb * (1 << 20)), cfg.max_batch)
     with listening_socket(cfg.host, cfg.port) as sock:  # bound before we say we serve
         print(f"serving {model.uri} on http://{cfg.host}:{cfg.port}/")

@@ -156,6 +156,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.shuffle_seed, self.augment = shuffle_seed, augment
         self.steps_per_call = steps_per_call  # module.steps_per_call: training batches per call
         self.source: Path | None = None
+        self.name: str | None = None
         self.format: str | None = None
         self.class_names: tuple[str, ...] = dataset.CLASS_NAMES  # label id -> name, once read
         self.soft_targets: torch.Tensor | None = None  # [N_train, 10] teacher targets (distill.py)
@@ -189,6 +190,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         note = "" if self.download else "Downloading is off (data.download=false). "
         data = dataset.load(self.search_dirs(), download_note=note)
         self.source, self.format, self.class_names = data.source, data.format, data.class_names
+        self.name = dataset.name_of(data)  # fashion-mnist, or the folder's name
         if self.split == "official":
             n = len(data.train_labels)
             n_val = validation_count(self.val_size, n, data.source)
@@ -223,7 +225,19 @@ class FashionMNISTDataModule(L.LightningDataModule):
             "data/n_val": len(self.val[1]),
             "data/n_test": len(self.test[1]),
             "data/classes": json.dumps(list(self.class_names)),
+            "data/name": str(self.name),
         }
+
+    def splits(self) -> list[dict]:
+        """Each split as the MLflow dataset a run logs (tracking/store.log_datasets): its context,
+        the data's name, the split's content digest, the folder read, its size and class names."""
+        parts = (("training", self.train), ("validation", self.val), ("test", self.test))
+        return [
+            {"context": context, "name": self.name, "source": self.source,
+             "digest": dataset.content_digest(*split, self.class_names),
+             "n_images": len(split[1]), "classes": list(self.class_names)}
+            for context, split in parts
+        ]  # fmt: skip
 
     def _shard(self) -> dict[str, int]:
         trainer = self.trainer

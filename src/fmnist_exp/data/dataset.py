@@ -15,6 +15,7 @@ the file or folder, and for CSVs the row.
 
 import gzip
 import hashlib
+import json
 import os
 import struct
 import tempfile
@@ -65,6 +66,8 @@ def class_key(name: str) -> str:
     return "".join(c for c in folded if c.isalnum()) or name
 
 
+# content_digest of the official training and test splits (60,000 and 10,000 images)
+OFFICIAL_DIGESTS = ("aeb6a5dd11cf714d", "6ed1c952eab08543")
 OFFICIAL_ID = {class_key(n): i for i, n in enumerate(CLASS_NAMES)} | {str(i): i for i in range(10)}
 
 
@@ -157,6 +160,30 @@ def fingerprint(directories: list[Path], download_note: str = "") -> str:
             content = hashlib.file_digest(f, "sha256").digest()
         digest.update(str(path.relative_to(folder)).encode() + b"\0" + content)
     return digest.hexdigest()[:16]
+
+
+def content_digest(images: torch.Tensor, labels: torch.Tensor, class_names: tuple[str, ...]) -> str:
+    """A SHA-256 digest (16 hex digits) of a split's pixels, labels and class names, in order:
+    the same images in any file format or folder give the same digest."""
+    digest = hashlib.sha256(json.dumps([list(images.shape), list(class_names)]).encode())
+    digest.update(images.cpu().contiguous().numpy().tobytes())
+    digest.update(labels.cpu().to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def name_of(data: Splits) -> str:
+    """What runs call this data: fashion-mnist for the official files (by content, whatever their
+    format or folder), else the name of the folder read."""
+    official = (
+        content_digest(data.train_images, data.train_labels, data.class_names),
+        content_digest(data.test_images, data.test_labels, data.class_names),
+    )
+    if official == OFFICIAL_DIGESTS:
+        return "fashion-mnist"
+    folder = data.source
+    while folder.name in ("raw", "FashionMNIST") and folder.parent != folder:  # torchvision's
+        folder = folder.parent
+    return folder.name or str(folder)
 
 
 def describe_dir(directory: Path) -> str:

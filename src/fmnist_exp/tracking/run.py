@@ -130,6 +130,8 @@ class Run:
         }  # fmt: skip
         summary = datamodule.summary() | {"output_dir": str(self.output_dir)}
         self.logger.log_hyperparams(params | summary)
+        self.client.set_tag(self.id, "data.name", datamodule.name)
+        store.log_datasets(self.client, self.id, datamodule.splits())
         total, trainable = count_parameters(model.net)
         self.logger.log_metrics({"model/params_total": total, "model/params_trainable": trainable})
         self.output_dir.mkdir(parents=True, exist_ok=True)

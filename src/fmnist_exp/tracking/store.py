@@ -6,6 +6,7 @@ store the artifacts live beside the database file, so one folder (mlruns/) holds
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import time
@@ -18,7 +19,11 @@ import numpy as np
 import requests
 import sqlalchemy
 import torch
+from mlflow.data.schema import TensorDatasetSchema
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.models import infer_signature
+from mlflow.types import Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from fmnist_exp.errors import ConfigError, UserError
 
@@ -260,6 +265,54 @@ def log_model(
                 f"mlflow=={mlflow.__version__}",
             ],
         )
+
+
+def all_runs(
+    client: mlflow.MlflowClient, experiment_ids: list[str], query: str
+) -> list[mlflow.entities.Run]:
+    """Every run matching the MLflow search filter, newest first (MLflow returns pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])  # fmt: skip
+        runs += page
+        if not (token := page.token):
+            return runs
+
+
+def log_datasets(client: mlflow.MlflowClient, run_id: str, splits: list[dict]) -> None:
+    """The run's training, validation and test data as MLflow datasets (the UI's Dataset column;
+    search filters such as dataset.name = 'fashion-mnist' and dataset.context = 'test'): per split
+    its content digest, the folder it came from, its size, class names and tensor schema."""
+    schema = TensorDatasetSchema(
+        features=Schema([TensorSpec(np.dtype(np.uint8), (-1, 1, 28, 28), "image")]),
+        targets=Schema([TensorSpec(np.dtype(np.int64), (-1,), "label")]),
+    )
+    inputs = [
+        DatasetInput(
+            Dataset(
+                name=split["name"],
+                digest=split["digest"],
+                source_type="local",
+                source=json.dumps({"uri": Path(split["source"]).as_uri()}),
+                schema=json.dumps(schema.to_dict()),
+                profile=json.dumps({"num_images": split["n_images"], "classes": split["classes"]}),
+            ),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, split["context"])],
+        )  # fmt: skip
+        for split in splits
+    ]
+    # MLflow adds a dataset to the experiment on first use, reading and then inserting: two runs
+    # logging the same new dataset at once (parallel jobs) can both insert, and one is refused by
+    # the unique key. Tried again, it finds the dataset the other run added.
+    for attempt in range(1, 6):
+        try:
+            return client.log_inputs(run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException as exc:
+            said = str(exc).lower()
+            if attempt == 5 or not any(w in said for w in ("duplicate key", "unique constraint")):
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str) -> str:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from fmnist_exp import checks
 from fmnist_exp.errors import ConfigError, UserError, one_paragraph, printable
-from fmnist_exp.tracking import search, store
+from fmnist_exp.tracking import same_data, search, store
 
 log = logging.getLogger(__name__)
 PARENT_FILE = ".mlflow_parent_run_id"  # in the sweep folder
@@ -232,7 +232,13 @@ class MLflowSweep(Callback):
             "sweep/partial": len(partial),
         }
         # a reused run is this sweep's result for its job; a partial run is nobody's result
-        if results := [r for r in finished + skipped if r.data.tags.get("partial") != "true"]:
+        results = [r for r in finished + skipped if r.data.tags.get("partial") != "true"]
+        data = same_data.groups(same_data.tags_of(r.data.tags) for r in results)
+        if len(data) > 1:  # runs on different data are not ranked against each other
+            print(f"the jobs read {len(data)} different data ({'; '.join(map(str, data))}): no "
+                  f"best across them; the report compares one at a time (dataset=...)")  # fmt: skip
+            results = []
+        if results:
             best = max(results, key=lambda r: r.data.metrics.get("val/acc_best", float("-inf")))
             summary |= {
                 "best/val_acc": best.data.metrics.get("val/acc_best", float("nan")),
