@@ -1,5 +1,6 @@
 """Reading the real files, the CSV pair, splits, batching, augmentation, and every bad data file."""
 
+import collections
 import gzip
 import json
 import shutil
@@ -252,6 +253,11 @@ def test_csv_bad_value_names_file_and_row(csv_dir, tmp_path, column, value):
         ({"val_size": 1.0}, "data.val_size"),
         ({"val_size": -0.5}, "data.val_size"),
         ({"val_size": "half"}, "data.val_size"),
+        ({"folds": 1}, "data.folds"),
+        ({"folds": 2.5}, "data.folds"),
+        ({"folds": 3, "fold": 3}, "data.fold"),
+        ({"fold": -1}, "data.fold"),
+        ({"folds": 5, "val_size": 5000}, "data.val_size=5000 has no effect under data.folds=5"),
         ({"augment": {"rotate": 10}}, "data.augment.rotate"),
         ({"augment": {"erase_prob": 1.5}}, "data.augment.erase_prob"),
         ({"augment": {"crop_padding": -2}}, "data.augment.crop_padding"),
@@ -286,3 +292,44 @@ def test_fetch_data_says_where_the_data_is(real_data_dir, tmp_path, capsys):
     assert fetch_data.main([f"data.data_dir={tmp_path / 'empty'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "empty") in err and "Traceback" not in err
+
+
+def rows(images: torch.Tensor, labels: torch.Tensor) -> collections.Counter:
+    """Each image with its label as one hashable row, counted (a multiset)."""
+    return collections.Counter(
+        bytes(x.numpy()) + bytes([int(y)]) for x, y in zip(images, labels, strict=True)
+    )
+
+
+@pytest.mark.parametrize("split", ["official", "random_80_10_10"])
+def test_k_fold_validates_every_training_image_exactly_once(csv_dir, split):
+    """data.folds=3: the three validation folds are disjoint and together are every image that is
+    not test, each fold trains on the other two, each holds every class's third (to within one
+    image), and the test split is the one without k-fold."""
+    plain = FashionMNISTDataModule(data_dir=str(csv_dir), split=split)
+    plain.setup()
+    pool = rows(*plain.train) + rows(*plain.val)
+    validated = collections.Counter()
+    per_class = []
+    for fold in range(3):
+        dm = FashionMNISTDataModule(data_dir=str(csv_dir), split=split, folds=3, fold=fold)
+        dm.setup()
+        assert torch.equal(dm.test[0], plain.test[0]) and torch.equal(dm.test[1], plain.test[1])
+        assert rows(*dm.train) + rows(*dm.val) == pool  # the other folds train
+        assert not set(rows(*dm.train)) & set(rows(*dm.val))
+        validated += rows(*dm.val)
+        per_class.append(torch.bincount(dm.val[1], minlength=10))
+    assert validated == pool  # every image validated, once
+    per_class = torch.stack(per_class)
+    assert int((per_class.max(0).values - per_class.min(0).values).max()) <= 1  # stratified
+    sizes = per_class.sum(1)
+    assert int(sizes.max() - sizes.min()) <= 1
+
+
+def test_k_fold_needs_an_image_per_fold(tmp_path, real_data):
+    write_csv(tmp_path / dataset.CSV_FILES["train"], real_data.train_images[:4],
+              real_data.train_labels[:4])  # fmt: skip
+    write_csv(tmp_path / dataset.CSV_FILES["test"], real_data.test_images[:4],
+              real_data.test_labels[:4])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.folds=5 needs at least 5 training images"):
+        FashionMNISTDataModule(data_dir=str(tmp_path), folds=5).setup()

@@ -79,6 +79,7 @@ def test_a_student_taught_only_by_its_teacher_learns(make_config, trained_model,
             "data.split=official",
         ),
         (["module.distill.teachers=[{run_id}]", "data.val_size=6000"], "held out 5000 images"),
+        (["module.distill.teachers=[{run_id}]", "data.folds=3"], "used data.folds=None"),
         (
             ["module.distill.teachers=[{run_id}]", "module.distill.weight=2"],
             "module.distill.weight=2",
@@ -88,7 +89,7 @@ def test_a_student_taught_only_by_its_teacher_learns(make_config, trained_model,
             "module.distill.temperature=0",
         ),
     ],
-    ids=["unknown-run", "other-split", "smaller-val", "weight", "temperature"],
+    ids=["unknown-run", "other-split", "smaller-val", "other-folds", "weight", "temperature"],
 )
 def test_bad_teachers_fail_before_any_run_is_made(make_config, trained_model, overrides, names):
     overrides = (o.format(run_id=trained_model["run_id"]) for o in overrides)

@@ -174,6 +174,7 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
     overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
                  "experiment=b seed=1"]  # fmt: skip
     table = pd.DataFrame({"run_id": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
+                          "best_val_acc": [0.91, 0.93, 0.95, 0.5, 0.8],
                           "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8], "reference_acc": 0.9, "epochs": 3})  # fmt: skip
     runs = pd.DataFrame({  # run s: same overrides as p, q, r, but its config file had another lr then
         "run_id": list("pqrst"), "params.optimizer.lr": ["1e-3", "1e-3", "1e-3", "0.1", "1e-3"],
@@ -187,10 +188,10 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
     seeds = fold_seeds(table, runs)
     assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]
     first = seeds.iloc[0]
-    assert first.seeds == 3 and first.test_acc_mean == pytest.approx(0.92)
+    assert first.runs == 3 and first.test_acc_mean == pytest.approx(0.92) and pd.isna(first.folds)
     assert first.test_acc_std == pytest.approx(0.02) and first.delta_pp == pytest.approx(2.0)
     assert (first.test_acc_min, first.test_acc_max) == (0.90, 0.94)
-    assert seeds.iloc[1].seeds == 1 and pd.isna(seeds.iloc[1].test_acc_std)
+    assert seeds.iloc[1].runs == 1 and pd.isna(seeds.iloc[1].test_acc_std)
 
 
 def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monkeypatch):
@@ -204,7 +205,7 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
     )
     seeds = pd.DataFrame({  # params as the report reads them: nullable Int64
         "model": ["a", "b", "c", "d"], "overrides": "", "params": pd.array([100, 100, 120, 1000], "Int64"),
-        "seeds": 3, "test_acc_mean": [0.90, 0.91, 0.92, 0.80], "test_acc_min": 0.7, "test_acc_max": 0.95,
+        "runs": 3, "test_acc_mean": [0.90, 0.91, 0.92, 0.80], "test_acc_min": 0.7, "test_acc_max": 0.95,
         "reference_acc": 0.85, "epochs": 3,
     })  # fmt: skip
     assert plot(seeds, tmp_path / "p.png").is_file()
@@ -451,3 +452,25 @@ def test_a_sweep_over_two_data_names_no_best(run_main, tmp_path, real_data_dir, 
     parent, children = parent_and_children(tmp_path)
     assert len(children) == 2 and "best_run_id" not in parent.data.tags
     assert {c.data.tags["data.name"] for c in children} == {"fashion-mnist", "small"}
+
+
+def test_a_k_fold_sweep_is_one_row_of_the_report(run_main, tmp_path, real_data_dir):
+    """--multirun data.folds=3 'data.fold=range(3)': three runs, each validating on its own third
+    of the training split, folded by the report into one row (folds=3) with the cross-validation
+    estimate (validation accuracy mean +- std) beside the test accuracy's."""
+    from fmnist_exp.report import main as report
+
+    done = run_main("--multirun", "data.folds=3", "data.fold=range(3)", *TINY,
+                    "++trainer.limit_test_batches=null", *store_args(tmp_path, real_data_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent, children = parent_and_children(tmp_path)
+    assert [c.data.params["data.fold"] for c in children] == ["0", "1", "2"]
+    assert {c.data.params["data/n_val"] for c in children} == {"20000"}
+    assert {c.data.params["data/n_train"] for c in children} == {"40000"}
+    out = tmp_path / "report"
+    assert report([f"tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"out={out}"]) == 0
+    (row,) = pd.read_csv(out / "seeds.csv").itertuples()
+    assert (row.runs, row.folds) == (3, 3) and pd.isna(row.overrides)  # nothing else varies
+    vals = [c.data.metrics["val/acc_best"] for c in children]
+    assert row.val_acc_mean == pytest.approx(sum(vals) / 3)
+    assert row.val_acc_std == pytest.approx(pd.Series(vals).std())

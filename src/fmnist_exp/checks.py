@@ -179,6 +179,22 @@ def check_data(data: Mapping) -> None:
         f"data.val_size={val_size!r} must be a count of training images held out for validation "
         f"(a whole number >= 1, e.g. 5000) or a fraction of them (0 < f < 1, e.g. 0.1).",
     )
+    folds, fold = data.get("folds"), data.get("fold")
+    _rule(
+        folds is None or is_whole(folds, 2),
+        f"data.folds={folds!r} must be null (no cross-validation) or a number of folds >= 2.",
+    )
+    _rule(
+        is_whole(fold, 0) and (folds is None or fold < folds),
+        f"data.fold={fold!r} must be a fold number from 0 to data.folds-1"
+        + (f" ({folds - 1}); every fold: --multirun 'data.fold=range({folds})'." if folds else "."),
+    )
+    default_val_size = OmegaConf.load(_default_file("data")).val_size
+    _rule(
+        folds is None or val_size == default_val_size,
+        f"data.val_size={val_size} has no effect under data.folds={folds}: each run validates on "
+        f"its fold (1/{folds} of the training images). Drop data.val_size, or data.folds.",
+    )
     augment = data.get("augment") or {}
     if unknown := sorted(set(augment) - set(AUGMENTATIONS)):
         raise ConfigError(

@@ -2,7 +2,8 @@
 
 Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
 the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
-differ only in the seed, folded into one row: test accuracy mean +- std); and params_vs_accuracy.png
+differ only in the seed or the k-fold fold, folded into one row: validation and test accuracy
+mean +- std); and params_vs_accuracy.png
 (one point per folded row), for the runs on one data (dataset=auto: the newest run's; the others
 are counted and left out). With a sweep (the default: the latest) the files are also logged as
 artifacts of the sweep's parent run under report/. Partial runs (tag partial=true: they tested
@@ -30,10 +31,13 @@ from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
            "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
-SEED_COLUMNS = ["model", "overrides", "params", "seeds", "test_acc_mean", "test_acc_std", "test_acc_min",
-                "test_acc_max", "reference_acc", "delta_pp", "epochs"]  # fmt: skip
-PERCENT = ("best_val_acc", "test_acc", "reference_acc", "test_acc_mean", "test_acc_min",
-           "test_acc_max")  # fmt: skip
+SEED_COLUMNS = ["model", "overrides", "params", "runs", "folds", "val_acc_mean", "val_acc_std",
+                "test_acc_mean", "test_acc_std", "test_acc_min", "test_acc_max", "reference_acc",
+                "delta_pp", "epochs"]  # fmt: skip
+PERCENT = ("best_val_acc", "test_acc", "reference_acc", "val_acc_mean", "test_acc_mean",
+           "test_acc_min", "test_acc_max")  # fmt: skip
+STD = ("val_acc_std", "test_acc_std")  # in percentage points
+FOLDED = ("seed=", "data.fold=")  # overrides that fold into one row: the seed and the k-fold fold
 
 
 def select_runs(
@@ -159,34 +163,44 @@ def logged_config(params: dict[str, str]) -> dict:
 
 def seedless_config(runs: pd.DataFrame) -> pd.Series:
     """Per run id: a hash of its logged config as config_hash sees it (resume.experiment_part: no
-    where/how-to-run keys), without the seed."""
+    where/how-to-run keys), without the seed and the k-fold fold."""
     params = [c for c in runs if c.startswith("params.")]
 
     def seedless(row: pd.Series) -> str:
         config = logged_config({c.removeprefix("params."): row[c] for c in params})
         config.pop("seed", None)
-        config.get("data", {}).pop("shuffle_seed", None)
+        for key in ("shuffle_seed", "fold"):
+            config.get("data", {}).pop(key, None)
         return resume.hash_of(resume.experiment_part(config))
 
     return pd.Series([seedless(row) for _, row in runs.iterrows()], index=runs.run_id.values)
 
 
 def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: runs whose logged configs differ only in the seed. Per row: how many
-    of them have a test accuracy, its mean, sample standard deviation (n-1; empty for one seed), min
-    and max, and the mean's delta to the published number in points."""
+    """One row per configuration: runs whose logged configs differ only in the seed or, under
+    k-fold (data.folds), the fold. Per row: how many runs have a test accuracy and over how many
+    folds; the validation accuracy's mean and sample standard deviation (under k-fold, the
+    cross-validation estimate); the test accuracy's mean, sample standard deviation (n-1; empty
+    for one run), min and max, and the mean's delta to the published number in points."""
     overrides = [
-        " ".join(t for t in o.split() if not t.startswith("seed=")) for o in table.overrides
+        " ".join(t for t in o.split() if not t.startswith(FOLDED)) for o in table.overrides
     ]
+    params = runs.set_index("run_id")
+    none = pd.Series(dtype=object)  # runs logged before k-fold existed have neither param
+    k_fold = params.get("params.data.folds", none).fillna("None") != "None"
+    fold = params.get("params.data.fold", none).where(k_fold)  # NaN: not a k-fold run
     key = table.run_id.map(seedless_config(runs))
-    folded = table.assign(overrides=overrides, key=key).groupby("key", sort=False)
-    seeds = folded.agg(
+    folded = table.assign(overrides=overrides, key=key, fold=table.run_id.map(fold))
+    seeds = folded.groupby("key", sort=False).agg(
         model=("model", "first"), overrides=("overrides", "first"), params=("params", "first"),
-        seeds=("test_acc", "count"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+        runs=("test_acc", "count"), folds=("fold", "nunique"),
+        val_acc_mean=("best_val_acc", "mean"), val_acc_std=("best_val_acc", "std"),
+        test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
         test_acc_min=("test_acc", "min"), test_acc_max=("test_acc", "max"),
         reference_acc=("reference_acc", "first"), epochs=("epochs", "max"),
     ).reset_index(drop=True)  # fmt: skip
     seeds["delta_pp"] = ((seeds.test_acc_mean - seeds.reference_acc) * 100).round(2)
+    seeds["folds"] = seeds.folds.astype("Int64").mask(seeds.folds == 0)  # blank: no k-fold
     return seeds[SEED_COLUMNS]
 
 
@@ -196,7 +210,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             return ""
         if name in PERCENT:
             return f"{value * 100:.2f}%"
-        if name == "test_acc_std":
+        if name in STD:
             return f"{value * 100:.2f} pp"
         if name == "params":
             return f"{value:,}"
@@ -224,7 +238,7 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
     names = (done.overrides.where(done.overrides != "", done.model)).str.replace("experiment=", "")
     twice = names.duplicated(keep=False)  # one name, two configs (a file edited between runs)
     names = names.where(~twice, names + ", " + done.epochs.astype(str) + " epochs")
-    names = names.where(done.seeds < 2, names + " (x" + done.seeds.astype(str) + ")")
+    names = names.where(done.runs < 2, names + " (x" + done.runs.astype(str) + ")")
     # Labels of points less than 1.4x apart in parameters would run into each other: such a cluster
     # stacks its labels top to bottom, one line each, right of its largest model, from its best
     # accuracy down (anchored at each point, a left point's label ran through the right points).
@@ -290,8 +304,8 @@ def report(cfg: DictConfig) -> Path:
         for name in ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png"):
             client.log_artifact(parent_id, str(out / name), artifact_path="report")
     print(to_markdown(table), end="")
-    if (seeds.seeds > 1).any():  # some configuration ran with several seeds
-        print("\nover seeds:\n" + to_markdown(seeds), end="")
+    if (seeds.runs > 1).any():  # some configuration ran with several seeds or folds
+        print("\nover seeds and folds:\n" + to_markdown(seeds), end="")
     print(
         f"{len(table)} run{'s' * (len(table) != 1)} on {data.name} (data_digest {data.digest}) -> {out}"
         + (f" (also on parent run {parent_id}, report/)" if parent_id else "")

@@ -131,6 +131,22 @@ def validation_count(val_size: int | float, n: int, source: Path | str) -> int:
     return count
 
 
+def fold_of(labels: torch.Tensor, folds: int, source: Path | str) -> torch.Tensor:
+    """Stratified k-fold: each image's fold (0..folds-1), for labels already in a seeded random
+    order. The images of each class, in that order, are dealt to the folds in turn (one class
+    after another, continuing the count), so every fold holds each class's share to within one
+    image and the folds' sizes differ by at most one."""
+    if folds > len(labels):
+        raise ConfigError(
+            f"data.folds={folds} needs at least {folds} training images, one per fold; {source} "
+            f"has {len(labels)}. Use fewer folds."
+        )
+    by_class = torch.sort(labels, stable=True).indices  # class by class, the random order kept
+    fold = torch.empty(len(labels), dtype=torch.int64)
+    fold[by_class] = torch.arange(len(labels)) % folds
+    return fold
+
+
 class FashionMNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -141,6 +157,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         split: str = "official",
         val_size: int | float = 1 / 12,
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         shuffle_seed: int = 0,
@@ -152,6 +170,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         augment = dict(augment or {})
         self.data_dir, self.download, self.url, self.md5 = data_dir, download, url, dict(md5 or {})
         self.split, self.val_size, self.split_seed = split, val_size, split_seed
+        self.folds, self.fold = folds, fold  # k-fold: fold `fold` of `folds` validates
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.shuffle_seed, self.augment = shuffle_seed, augment
         self.steps_per_call = steps_per_call  # module.steps_per_call: training batches per call
@@ -160,6 +179,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.format: str | None = None
         self.class_names: tuple[str, ...] = dataset.CLASS_NAMES  # label id -> name, once read
         self.soft_targets: torch.Tensor | None = None  # [N_train, 10] teacher targets (distill.py)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.split_seed)
 
     def search_dirs(self) -> list[Path]:
         """An explicit data.data_dir is used as given; the default also searches Debian's copy."""
@@ -191,28 +213,34 @@ class FashionMNISTDataModule(L.LightningDataModule):
         data = dataset.load(self.search_dirs(), download_note=note)
         self.source, self.format, self.class_names = data.source, data.format, data.class_names
         self.name = dataset.name_of(data)  # fashion-mnist, or the folder's name
-        if self.split == "official":
-            n = len(data.train_labels)
-            n_val = validation_count(self.val_size, n, data.source)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-            val_idx, train_idx = order[:n_val], order[n_val:]
-            self.train = data.train_images[train_idx], data.train_labels[train_idx]
-            self.val = data.train_images[val_idx], data.train_labels[val_idx]
+        if self.split == "official":  # validation from the training split; the test split as is
+            pool = data.train_images, data.train_labels
             self.test = data.test_images, data.test_labels
+            order = torch.randperm(len(pool[1]), generator=self._generator())
+            if not self.folds:
+                n_val = validation_count(self.val_size, len(order), data.source)
+                val_idx, train_idx = order[:n_val], order[n_val:]
         else:  # Deep Learning Studio: both splits pooled and shuffled, then 80/10/10
-            images = torch.cat([data.train_images, data.test_images])
-            labels = torch.cat([data.train_labels, data.test_labels])
-            if len(labels) < 10:
+            pool = (
+                torch.cat([data.train_images, data.test_images]),
+                torch.cat([data.train_labels, data.test_labels]),
+            )
+            if len(pool[1]) < 10:
                 raise ConfigError(
                     f"data.split=random_80_10_10 needs at least 10 images to give each part one; "
-                    f"{data.source} has {len(labels)}. Add images, or use data.split=official."
+                    f"{data.source} has {len(pool[1])}. Add images, or use data.split=official."
                 )
-            order = torch.randperm(
-                len(labels), generator=torch.Generator().manual_seed(self.split_seed)
-            )
-            n_train, n_val = int(0.8 * len(order)), int(0.1 * len(order))
-            parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
-            self.train, self.val, self.test = ((images[p], labels[p]) for p in parts)
+            shuffled = torch.randperm(len(pool[1]), generator=self._generator())
+            n_train, n_val = int(0.8 * len(shuffled)), int(0.1 * len(shuffled))
+            test = shuffled[n_train + n_val :]
+            self.test = pool[0][test], pool[1][test]
+            order = shuffled[: n_train + n_val]  # what k-fold deals out: all but the test part
+            train_idx, val_idx = shuffled[:n_train], shuffled[n_train : n_train + n_val]
+        if self.folds:  # fold `fold` validates, the other folds train
+            in_fold = fold_of(pool[1][order], self.folds, data.source) == self.fold
+            val_idx, train_idx = order[in_fold], order[~in_fold]
+        self.train = pool[0][train_idx], pool[1][train_idx]
+        self.val = pool[0][val_idx], pool[1][val_idx]
         pixels = self.train[0].float()
         self.mean, self.std = pixels.mean().item(), pixels.std().item()  # raw 0..255 scale
 

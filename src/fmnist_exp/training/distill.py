@@ -26,6 +26,7 @@ from fmnist_exp.errors import ConfigError
 from fmnist_exp.training.module import load_classifier
 
 SPLIT_KEYS = ("data.split", "data.split_seed")  # must match the student's: same test images
+FOLDS = {"folds": None, "fold": 0}  # k-fold keys and their defaults (runs logged before them)
 CHUNK = 500  # images per teacher forward pass (larger chunks only add allocator time on a CPU)
 
 
@@ -62,6 +63,17 @@ def _check_split(run, data: dict) -> None:
                 f"A teacher from another split has trained on images this run tests on. Use teachers "
                 f"trained with the same data split, or change {key} to theirs."
             )
+    theirs = {key: params.get(f"data.{key}", str(default)) for key, default in FOLDS.items()}
+    if data.get("folds") or theirs["folds"] != "None":  # k-fold: the same folds, the same fold
+        for key, value in theirs.items():
+            if value != str(data.get(key)):
+                raise ConfigError(
+                    f"module.distill.teachers: run {run_id} used data.{key}={value}, this run "
+                    f"uses data.{key}={data.get(key)}: the teacher has trained on images this run "
+                    f"validates on. Under k-fold use teachers trained on the same data.folds and "
+                    f"data.fold."
+                )
+        return
     if data["split"] != "official":
         return
     # the teacher held out the first n_theirs images of the same permutation (split_seed), so it
