@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,6 +89,33 @@ def test_register_command_adds_a_version(trained_model, capsys):
     assert " as models:/fmnist/2" in capsys.readouterr().out  # version 1 came from training
     assert register.main([f"tracking_uri={trained_model['tracking_uri']}"]) == 2  # no name=
     assert "register: name= is required" in capsys.readouterr().err
+
+
+def test_register_with_an_alias_serves_the_champion(trained_model, real_data, capsys):
+    """train -> register alias=champion -> models:/<name>@champion loads that version; registering
+    again moves the alias to the new version; an alias MLflow refuses is one paragraph, before
+    anything is registered."""
+    uri = trained_model["tracking_uri"]
+    common = ["name=fmnist_served", f"tracking_uri={uri}"]  # apart from the other tests' fmnist
+    for bad in ("latest", "v2", "two words"):
+        assert register.main([*common, f"alias='{bad}'"]) == 2
+        assert "is not an alias MLflow accepts" in capsys.readouterr().err
+    client = mlflow.MlflowClient(uri)
+    assert client.search_registered_models("name = 'fmnist_served'") == []
+    for version in (1, 2):
+        assert register.main([*common, "alias=champion"]) == 0
+        said = capsys.readouterr().out
+        assert (
+            f"as models:/fmnist_served/{version}, alias champion: models:/fmnist_served@champion"
+            in said
+        )
+        assert (
+            int(client.get_model_version_by_alias("fmnist_served", "champion").version) == version
+        )
+    images = real_data.test_images[:32]
+    champion = inference.load("models:/fmnist_served@champion", uri).probabilities(images)
+    direct = inference.load(f"runs:/{trained_model['run_id']}/model", uri).probabilities(images)
+    assert torch.allclose(champion, direct, atol=1e-5)
 
 
 def test_csv_and_idx_inputs_carry_their_labels(tmp_path, real_data, real_data_dir):

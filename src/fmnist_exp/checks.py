@@ -6,6 +6,7 @@ network in models.py; rules on the tracking store (which touch the store) in tra
 an empty sweep range in tracking/sweep.py (it is an override, not a value).
 """
 
+import re
 from collections.abc import Callable, Mapping
 from difflib import get_close_matches
 from pathlib import Path
@@ -410,6 +411,25 @@ def check_serve(cfg: DictConfig) -> None:
         is_number(megabytes) and 0 < megabytes < float("inf"),
         f"serve: max_upload_mb={megabytes!r} must be a number of megabytes > 0 (the largest "
         f"picture a request may send), e.g. max_upload_mb=5.",
+    )
+
+
+def check_register(cfg: DictConfig) -> None:
+    name, alias = cfg.name, cfg.alias
+    _rule(
+        isinstance(name, str) and bool(name.strip()),
+        "register: name= is required, e.g. name=fmnist (the registry entry to add to).",
+    )
+    _rule(
+        alias is None
+        or (
+            isinstance(alias, str)
+            and bool(re.fullmatch(r"[\w-]{1,255}", alias))
+            and alias.lower() != "latest"
+            and not re.fullmatch(r"[vV]\d+", alias)
+        ),
+        f"register: alias={alias!r} is not an alias MLflow accepts: letters, digits, _ and -, "
+        f"not 'latest' and not a version such as v2. E.g. alias=champion.",
     )
 
 

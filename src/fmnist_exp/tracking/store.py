@@ -315,8 +315,11 @@ def log_datasets(client: mlflow.MlflowClient, run_id: str, splits: list[dict]) -
             time.sleep(0.2 * attempt)
 
 
-def register_model(tracking_uri: str, model_uri: str, name: str) -> str:
-    """Add model_uri (runs:/<id>/model) to the registry under `name`; returns models:/<name>/<version>."""
+def register_model(tracking_uri: str, model_uri: str, name: str, alias: str | None = None) -> str:
+    """Add model_uri (runs:/<id>/model) to the registry under `name`, and point `alias` (moved
+    from any version it named) at the new version; returns models:/<name>/<version>."""
     mlflow.set_tracking_uri(tracking_uri)
     version = mlflow.register_model(model_uri, name)
+    if alias:
+        mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
     return f"models:/{name}/{version.version}"
