@@ -3,11 +3,13 @@ submitit launchers, DDP and the channel sweep run in subprocesses; sweeps whose 
 sweep's own process (the basic launcher, also under Optuna's sweeper) need only the entry point and
 run in the test process (run_main), sparing a process start each."""
 
+import os
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from conftest import made_once, run_cli
 from test_models import PARAMETER_COUNTS
 
@@ -173,7 +175,7 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
 
     overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
                  "experiment=b seed=1"]  # fmt: skip
-    table = pd.DataFrame({"run_id": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
+    table = pd.DataFrame({"run_id": list("pqrst"), "run": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
                           "best_val_acc": [0.91, 0.93, 0.95, 0.5, 0.8],
                           "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8], "reference_acc": 0.9, "epochs": 3})  # fmt: skip
     runs = pd.DataFrame({  # run s: same overrides as p, q, r, but its config file had another lr then
@@ -474,3 +476,9 @@ def test_a_k_fold_sweep_is_one_row_of_the_report(run_main, tmp_path, real_data_d
     vals = [c.data.metrics["val/acc_best"] for c in children]
     assert row.val_acc_mean == pytest.approx(sum(vals) / 3)
     assert row.val_acc_std == pytest.approx(pd.Series(vals).std())
+    assert row.run_ids == " ".join(c.info.run_id[:8] for c in children)
+    said = (out / "seeds.md").read_text()  # where the figures come from, under the table
+    assert "- command: `python -m fmnist_exp --multirun data.folds=3 data.fold=range(3)" in said
+    assert f"- hardware: {os.cpu_count()}-core " in said and f"torch {torch.__version__}" in said
+    assert f"- commit: {children[0].data.tags['git_commit'][:7]}" in said
+    assert "- data: fashion-mnist (data_digest " in said

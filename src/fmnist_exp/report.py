@@ -30,10 +30,10 @@ from fmnist_exp.tracking import resume, same_data  # noqa: E402
 from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
 
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
-           "delta_pp", "epochs", "wall_s", "status", "run_id"]  # fmt: skip
+           "delta_pp", "epochs", "wall_s", "status", "commit", "date", "run_id"]  # fmt: skip
 SEED_COLUMNS = ["model", "overrides", "params", "runs", "folds", "val_acc_mean", "val_acc_std",
                 "test_acc_mean", "test_acc_std", "test_acc_min", "test_acc_max", "reference_acc",
-                "delta_pp", "epochs"]  # fmt: skip
+                "delta_pp", "epochs", "run_ids"]  # fmt: skip
 PERCENT = ("best_val_acc", "test_acc", "reference_acc", "val_acc_mean", "test_acc_mean",
            "test_acc_min", "test_acc_max")  # fmt: skip
 STD = ("val_acc_std", "test_acc_std")  # in percentage points
@@ -111,6 +111,12 @@ def on_one_data(runs: pd.DataFrame, wanted: str) -> tuple[pd.DataFrame, same_dat
     return runs[[digest == data.digest for digest, _ in pairs]], data
 
 
+def short_commit(commit: str) -> str:
+    """0a9be44c...-dirty -> 0a9be44-dirty (the git_commit tag: HEAD, -dirty with local changes)."""
+    sha, dirty, _ = commit.partition("-dirty")
+    return sha[:7] + dirty
+
+
 def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     def col(name: str) -> pd.Series:
         return runs[name] if name in runs else pd.Series([None] * len(runs), index=runs.index)
@@ -133,6 +139,8 @@ def build_table(runs: pd.DataFrame) -> pd.DataFrame:
         "wall_s": pd.to_numeric(col("metrics.time/total_s")).round(1),
         # a pruned trial of hparams_search=optuna is KILLED in MLflow, PRUNED here
         "status": col("status").mask(col("tags.search.state") == "PRUNED", "PRUNED"),
+        "commit": col("tags.git_commit").map(short_commit, na_action="ignore"),
+        "date": pd.to_datetime(col("end_time"), utc=True).dt.strftime("%Y-%m-%d"),
         "run_id": col("run_id"),
     })  # fmt: skip
     table["delta_pp"] = ((table.test_acc - table.reference_acc) * 100).round(2)
@@ -198,10 +206,34 @@ def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
         test_acc_min=("test_acc", "min"), test_acc_max=("test_acc", "max"),
         reference_acc=("reference_acc", "first"), epochs=("epochs", "max"),
+        run_ids=("run", " ".join),
     ).reset_index(drop=True)  # fmt: skip
     seeds["delta_pp"] = ((seeds.test_acc_mean - seeds.reference_acc) * 100).round(2)
     seeds["folds"] = seeds.folds.astype("Int64").mask(seeds.folds == 0)  # blank: no k-fold
     return seeds[SEED_COLUMNS]
+
+
+def provenance(runs: pd.DataFrame, data: same_data.Data, command: str | None) -> str:
+    """Where the figures come from, as Markdown lines under each table: how many runs and when
+    they ended, the commits, hardware and versions they ran on (env.* tags), the command, the data."""
+
+    def distinct(name: str) -> str:
+        values = runs[name].dropna().unique() if name in runs else []
+        return "; ".join(sorted(map(str, values))) or "not recorded"
+
+    ended = pd.to_datetime(runs["end_time"], utc=True).dropna()
+    when = (
+        f"{ended.min():%Y-%m-%d %H:%M} to {ended.max():%Y-%m-%d %H:%M} UTC" if len(ended) else "-"
+    )
+    commits = runs.get("tags.git_commit", pd.Series(dtype=object)).dropna().map(short_commit)
+    return "\n".join([
+        f"- runs: {len(runs)} (ids in the table), ended {when}",
+        f"- commit: {'; '.join(sorted(set(commits))) or 'not recorded'}",
+        f"- hardware: {distinct('tags.env.hardware')}",
+        f"- versions: {distinct('tags.env.versions')}",
+        f"- command: `{command}`" if command else f"- commands: {distinct('tags.command')}",
+        f"- data: {data.name} (data_digest {data.digest})",
+    ]) + "\n"  # fmt: skip
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -295,9 +327,13 @@ def report(cfg: DictConfig) -> Path:
     out = Path(cfg.out or project_root() / "outputs" / "reports" / stamp)
     check_writable(out, "report's out=")
     seeds = fold_seeds(table, runs)
+    command = None
+    if parent_id:  # the one command that trained them all
+        command = mlflow.MlflowClient(uri).get_run(parent_id).data.tags.get("command")
+    source = provenance(runs, data, command)
     for name, frame in (("table", table), ("seeds", seeds)):
         frame.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(to_markdown(frame))
+        (out / f"{name}.md").write_text(to_markdown(frame) + "\n" + source)
     plot(seeds, out / "params_vs_accuracy.png")
     if parent_id:
         client = mlflow.MlflowClient(uri)
@@ -306,6 +342,7 @@ def report(cfg: DictConfig) -> Path:
     print(to_markdown(table), end="")
     if (seeds.runs > 1).any():  # some configuration ran with several seeds or folds
         print("\nover seeds and folds:\n" + to_markdown(seeds), end="")
+    print("\n" + source, end="")
     print(
         f"{len(table)} run{'s' * (len(table) != 1)} on {data.name} (data_digest {data.digest}) -> {out}"
         + (f" (also on parent run {parent_id}, report/)" if parent_id else "")

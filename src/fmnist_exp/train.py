@@ -63,7 +63,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         trainer = make_trainer(cfg.trainer, [*chosen, *extra_callbacks, state, stop], logger)
 
         with run.lifecycle(cfg, logger, stop, state, previous) as recorded:
-            recorded.start(datamodule, model)
+            recorded.start(datamodule, model, trainer.strategy.root_device)
             with warnings.catch_warnings():
                 if previous:  # its folder holds its own checkpoints: expected, not worth a warning
                     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")

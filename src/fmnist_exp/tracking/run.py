@@ -10,6 +10,8 @@ summary metrics).
 import contextlib
 import errno
 import math
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import mlflow
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
@@ -113,9 +116,9 @@ class Run:
         self.uri, self.output_dir = cfg.logger.tracking_uri, Path(cfg.paths.output_dir)
         state.run_id = self.id  # into every checkpoint from here on
 
-    def start(self, datamodule, model) -> None:
-        """A new run: its params, parameter counts and resolved config. A resumed one keeps what it
-        logged, and a sweep that finishes it adopts it."""
+    def start(self, datamodule, model, device: torch.device) -> None:
+        """A new run: its params, parameter counts, resolved config, and where it trains (`device`:
+        the trainer's). A resumed one keeps what it logged, and a sweep that finishes it adopts it."""
         if self.previous is not None:
             for key, value in sweep.job_tags().items():
                 self.client.set_tag(self.id, key, value)
@@ -131,6 +134,8 @@ class Run:
         summary = datamodule.summary() | {"output_dir": str(self.output_dir)}
         self.logger.log_hyperparams(params | summary)
         self.client.set_tag(self.id, "data.name", datamodule.name)
+        for key, value in environment(device).items():
+            self.client.set_tag(self.id, key, value)
         store.log_datasets(self.client, self.id, datamodule.splits())
         total, trainable = count_parameters(model.net)
         self.logger.log_metrics({"model/params_total": total, "model/params_trainable": trainable})
@@ -307,6 +312,25 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Where a run trained, as tags the report's provenance lines quote: the CPU (model name and
+    cores), the GPU when it trains on one, and the versions that decide its numbers."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    hardware = f"{os.cpu_count()}-core {cpu}"
+    if device.type == "cuda":
+        hardware += f", {torch.cuda.get_device_name(device)}"
+    return {
+        "env.hardware": hardware,
+        "env.versions": f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"lightning {L.__version__}, mlflow {mlflow.__version__}",
+    }
 
 
 def git_commit(directory: Path) -> str:
