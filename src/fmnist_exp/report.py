@@ -3,9 +3,8 @@
 Reads runs from MLflow into pandas and writes table.csv and table.md (one row per run, ours beside
 the published number: the `reference_acc` tag); seeds.csv and seeds.md (runs whose logged configs
 differ only in the seed or the k-fold fold, folded into one row: validation and test accuracy
-mean +- std); and params_vs_accuracy.png
-(one point per folded row), for the runs on one data (dataset=auto: the newest run's; the others
-are counted and left out). With a sweep (the default: the latest) the files are also logged as
+mean +- std); and params_vs_accuracy.png (one point per folded row), for the runs on one data
+(dataset=auto: the newest run's; the others are counted and left out). With a sweep (the default: the latest) the files are also logged as
 artifacts of the sweep's parent run under report/. Partial runs (tag partial=true: they tested
 on part of their test split) are no results and are left out unless partial=true.
 """
