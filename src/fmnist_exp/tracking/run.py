@@ -24,6 +24,7 @@ import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.errors import UserError
@@ -133,9 +134,8 @@ class Run:
         }  # fmt: skip
         summary = datamodule.summary() | {"output_dir": str(self.output_dir)}
         self.logger.log_hyperparams(params | summary)
-        self.client.set_tag(self.id, "data.name", datamodule.name)
-        for key, value in environment(device).items():
-            self.client.set_tag(self.id, key, value)
+        tags = {"data.name": datamodule.name, **environment(device)}
+        self.client.log_batch(self.id, tags=[RunTag(k, v) for k, v in tags.items()])
         store.log_datasets(self.client, self.id, datamodule.splits())
         total, trainable = count_parameters(model.net)
         self.logger.log_metrics({"model/params_total": total, "model/params_trainable": trainable})

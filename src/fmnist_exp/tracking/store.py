@@ -211,17 +211,28 @@ def failure(exc: BaseException, tracking_uri: str) -> str | None:
     return None
 
 
-def patiently(write: Callable[[], object], seconds: float = 60.0) -> object:
+def is_duplicate(exc: BaseException) -> bool:
+    """A write refused by a unique key because another process made the same row first."""
+    said = str(exc).lower()
+    return "duplicate key" in said or "unique constraint" in said
+
+
+def patiently(
+    write: Callable[[], object],
+    seconds: float = 60.0,
+    retryable: Callable[[BaseException], bool] = is_busy,
+) -> object:
     """A write that must land (a run's final status and error tag): retried for up to `seconds`
     while the store is busy (another process holding sqlite's write lock), so a failure we can see
-    never leaves a run RUNNING only because the store was briefly locked."""
+    never leaves a run RUNNING only because the store was briefly locked; `retryable` names other
+    refusals worth a second try."""
     deadline = time.monotonic() + seconds
     delay = 0.5
     while True:
         try:
             return write()
         except (mlflow.exceptions.MlflowException, OSError) as exc:
-            if not is_busy(exc) or time.monotonic() > deadline:
+            if not retryable(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -305,14 +316,11 @@ def log_datasets(client: mlflow.MlflowClient, run_id: str, splits: list[dict]) -
     # MLflow adds a dataset to the experiment on first use, reading and then inserting: two runs
     # logging the same new dataset at once (parallel jobs) can both insert, and one is refused by
     # the unique key. Tried again, it finds the dataset the other run added.
-    for attempt in range(1, 6):
-        try:
-            return client.log_inputs(run_id, datasets=inputs)
-        except mlflow.exceptions.MlflowException as exc:
-            said = str(exc).lower()
-            if attempt == 5 or not any(w in said for w in ("duplicate key", "unique constraint")):
-                raise
-            time.sleep(0.2 * attempt)
+    patiently(
+        lambda: client.log_inputs(run_id, datasets=inputs),
+        seconds=10,
+        retryable=lambda exc: is_duplicate(exc) or is_busy(exc),
+    )
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, alias: str | None = None) -> str:
