@@ -1,5 +1,6 @@
 """Shared fixtures: the real dataset, composed configs with fast settings, a private MLflow store."""
 
+import atexit
 import functools
 import logging
 import os
@@ -64,7 +65,10 @@ def migrated_empty_store() -> Path:
     """An empty sqlite tracking store with MLflow's schema in place, made once per test process."""
     import mlflow
 
-    db = Path(tempfile.mkdtemp(prefix="fmnist-store-")) / "mlflow.db"
+    folder = Path(tempfile.mkdtemp(prefix="fmnist-store-"))
+    # removed when the process ends: the tests' copies of it are made by then
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    db = folder / "mlflow.db"
     mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # runs the migrations
     return db
 

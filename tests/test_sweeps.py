@@ -171,29 +171,33 @@ def test_recipes_train_each_rows_network_unchanged(run_main, tmp_path, real_data
 
 
 def test_report_folds_runs_that_differ_only_in_the_seed():
-    from fmnist_exp.report import fold_seeds
+    from fmnist_exp.report import fold_seeds, untested
 
     overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
-                 "experiment=b seed=1"]  # fmt: skip
-    table = pd.DataFrame({"run_id": list("pqrst"), "run": list("pqrst"), "model": "m", "overrides": overrides, "params": 10,
-                          "best_val_acc": [0.91, 0.93, 0.95, 0.5, 0.8],
-                          "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8], "reference_acc": 0.9, "epochs": 3})  # fmt: skip
+                 "experiment=b seed=1", "experiment=a seed=5"]  # fmt: skip
+    table = pd.DataFrame({"run_id": list("pqrstu"), "run": list("pqrstu"), "model": "m", "overrides": overrides, "params": 10,
+                          "best_val_acc": [0.91, 0.93, 0.95, 0.5, 0.8, 0.99],
+                          "test_acc": [0.90, 0.92, 0.94, 0.5, 0.8, None], "reference_acc": 0.9, "epochs": 3,
+                          "status": ["FINISHED"] * 5 + ["KILLED"]})  # fmt: skip
     runs = pd.DataFrame({  # run s: same overrides as p, q, r, but its config file had another lr then
-        "run_id": list("pqrst"), "params.optimizer.lr": ["1e-3", "1e-3", "1e-3", "0.1", "1e-3"],
-        "params.model.hidden": ["[8]"] * 4 + ["[16]"], "params.seed": list("12341"),
-        "params.data.shuffle_seed": list("12341"), "params.output_dir": list("vwxyz"),
-        "params.trainer.enable_progress_bar": ["True", "False", "True", "True", "True"],
-        "params.data/source": ["/a", "/b", "/c", "/a", "/a"],  # where the data was read: not config
-        "params.model.feature_dropout": ["0.0"] * 5,
-        "params.module.distill.teachers": ["[]"] * 5,
+        "run_id": list("pqrstu"), "params.optimizer.lr": ["1e-3", "1e-3", "1e-3", "0.1", "1e-3", "1e-3"],
+        "params.model.hidden": ["[8]"] * 4 + ["[16]", "[8]"], "params.seed": list("123415"),
+        "params.data.shuffle_seed": list("123415"), "params.output_dir": list("vwxyzo"),
+        "params.trainer.enable_progress_bar": ["True", "False", "True", "True", "True", "True"],
+        "params.data/source": ["/a", "/b", "/c", "/a", "/a", "/a"],  # where the data was read: not config
+        "params.model.feature_dropout": ["0.0"] * 6,
+        "params.module.distill.teachers": ["[]"] * 6,
     })  # fmt: skip
     seeds = fold_seeds(table, runs)
     assert list(seeds.overrides) == ["experiment=a", "experiment=a", "experiment=b"]
-    first = seeds.iloc[0]
+    first = seeds.iloc[0]  # u, stopped before its test, is not among p, q, r: not even its val/acc
     assert first.runs == 3 and first.test_acc_mean == pytest.approx(0.92) and pd.isna(first.folds)
+    assert first.val_acc_mean == pytest.approx(0.93) and first.run_ids == "p q r"
     assert first.test_acc_std == pytest.approx(0.02) and first.delta_pp == pytest.approx(2.0)
     assert (first.test_acc_min, first.test_acc_max) == (0.90, 0.94)
     assert seeds.iloc[1].runs == 1 and pd.isna(seeds.iloc[1].test_acc_std)
+    assert untested(table) == "- left out, no test accuracy (table.md lists them): u (KILLED)\n"
+    assert untested(table[table.test_acc.notna()]) == ""
 
 
 def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monkeypatch):

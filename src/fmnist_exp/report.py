@@ -188,7 +188,10 @@ def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     k-fold (data.folds), the fold. Per row: how many runs have a test accuracy and over how many
     folds; the validation accuracy's mean and sample standard deviation (under k-fold, the
     cross-validation estimate); the test accuracy's mean, sample standard deviation (n-1; empty
-    for one run), min and max, and the mean's delta to the published number in points."""
+    for one run), min and max, and the mean's delta to the published number in points. Only runs
+    with a test accuracy are folded (untested() names the others): a run stopped, failed or
+    pruned before its test has the best validation accuracy of some epochs, not a result."""
+    table = table[table.test_acc.notna()]
     overrides = [
         " ".join(t for t in o.split() if not t.startswith(FOLDED)) for o in table.overrides
     ]
@@ -210,6 +213,16 @@ def fold_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     seeds["delta_pp"] = ((seeds.test_acc_mean - seeds.reference_acc) * 100).round(2)
     seeds["folds"] = seeds.folds.astype("Int64").mask(seeds.folds == 0)  # blank: no k-fold
     return seeds[SEED_COLUMNS]
+
+
+def untested(table: pd.DataFrame) -> str:
+    """A Markdown line naming the runs fold_seeds leaves out (no test accuracy) and their status,
+    or ''."""
+    left = table[table.test_acc.isna()]
+    if left.empty:
+        return ""
+    runs = ", ".join(f"{row.run} ({row.status})" for row in left.itertuples())
+    return f"- left out, no test accuracy (table.md lists them): {runs}\n"
 
 
 def provenance(runs: pd.DataFrame, data: same_data.Data, command: str | None) -> str:
@@ -257,11 +270,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(seeds: pd.DataFrame, path: Path) -> Path:
-    """One point per configuration (fold_seeds): the mean test accuracy, a bar from the worst to the
-    best seed, and a grey line down (or up) to the published number."""
-    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
-    done = seeds.dropna(subset=["params", "test_acc_mean"])
+def draw_points(ax: plt.Axes, done: pd.DataFrame) -> None:
+    """plot()'s points, labels and published numbers, for the rows with a test accuracy."""
     mean = done.test_acc_mean * 100
     ax.errorbar(done.params, mean, yerr=[mean - done.test_acc_min * 100, done.test_acc_max * 100 - mean],
                 fmt="o", color="tab:blue", capsize=3, zorder=3,
@@ -289,6 +299,18 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
         for _, row in published.iterrows():
             ax.plot([row.params] * 2, [row.reference_acc * 100, row.test_acc_mean * 100],
                     color="grey", lw=0.8)  # fmt: skip
+
+
+def plot(seeds: pd.DataFrame, path: Path) -> Path:
+    """One point per configuration (fold_seeds): the mean test accuracy, a bar from the worst to the
+    best seed, and a grey line down (or up) to the published number."""
+    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
+    done = seeds.dropna(subset=["params", "test_acc_mean"])
+    if done.empty:  # every run stopped, failed or was pruned before its test
+        ax.text(0.5, 0.5, "no run with a test accuracy", ha="center", transform=ax.transAxes)
+    else:
+        draw_points(ax, done)
+        ax.legend()
     ax.set_xscale("log")
     ax.set(
         xlabel="parameters (log scale)",
@@ -296,7 +318,6 @@ def plot(seeds: pd.DataFrame, path: Path) -> Path:
         title="Fashion-MNIST: parameters vs accuracy",
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -330,9 +351,12 @@ def report(cfg: DictConfig) -> Path:
     if parent_id:  # the one command that trained them all
         command = mlflow.MlflowClient(uri).get_run(parent_id).data.tags.get("command")
     source = provenance(runs, data, command)
-    for name, frame in (("table", table), ("seeds", seeds)):
+    for name, frame, notes in (
+        ("table", table, source),
+        ("seeds", seeds, source + untested(table)),
+    ):
         frame.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(to_markdown(frame) + "\n" + source)
+        (out / f"{name}.md").write_text(to_markdown(frame) + "\n" + notes)
     plot(seeds, out / "params_vs_accuracy.png")
     if parent_id:
         client = mlflow.MlflowClient(uri)
@@ -340,7 +364,7 @@ def report(cfg: DictConfig) -> Path:
             client.log_artifact(parent_id, str(out / name), artifact_path="report")
     print(to_markdown(table), end="")
     if (seeds.runs > 1).any():  # some configuration ran with several seeds or folds
-        print("\nover seeds and folds:\n" + to_markdown(seeds), end="")
+        print("\nover seeds and folds:\n" + to_markdown(seeds) + untested(table), end="")
     print("\n" + source, end="")
     print(
         f"{len(table)} run{'s' * (len(table) != 1)} on {data.name} (data_digest {data.digest}) -> {out}"
