@@ -90,7 +90,9 @@ def select_runs(
         runs = runs[runs["tags.sweep"] != "parent"]
     if runs.empty:
         raise UserError(
-            f"report: no runs match (sweep={sweep or '-'}, filter={filter_string!r}) in experiment {experiment!r}."
+            f"report: no runs match (sweep={sweep or '-'}, filter={filter_string!r}) in experiment {experiment!r}. "
+            "sweep= takes a sweep's parent run id (the id the sweep printed first, or the run named "
+            "'sweep ...' in the UI) or latest; filter= alone reports on any runs it matches."
         )
     return runs, parent_id
 
@@ -350,11 +352,8 @@ def report(cfg: DictConfig) -> Path:
     command = None
     if parent_id:  # the one command that trained them all
         command = mlflow.MlflowClient(uri).get_run(parent_id).data.tags.get("command")
-    source = provenance(runs, data, command)
-    for name, frame, notes in (
-        ("table", table, source),
-        ("seeds", seeds, source + untested(table)),
-    ):
+    source, left_out = provenance(runs, data, command), untested(table)
+    for name, frame, notes in (("table", table, source), ("seeds", seeds, source + left_out)):
         frame.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(to_markdown(frame) + "\n" + notes)
     plot(seeds, out / "params_vs_accuracy.png")
@@ -364,7 +363,7 @@ def report(cfg: DictConfig) -> Path:
             client.log_artifact(parent_id, str(out / name), artifact_path="report")
     print(to_markdown(table), end="")
     if (seeds.runs > 1).any():  # some configuration ran with several seeds or folds
-        print("\nover seeds and folds:\n" + to_markdown(seeds) + untested(table), end="")
+        print("\nover seeds and folds:\n" + to_markdown(seeds) + left_out, end="")
     print("\n" + source, end="")
     print(
         f"{len(table)} run{'s' * (len(table) != 1)} on {data.name} (data_digest {data.digest}) -> {out}"
