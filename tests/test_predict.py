@@ -244,7 +244,11 @@ def test_eval_gives_the_test_accuracy_the_run_logged(trained_model, capsys):
 @pytest.mark.parametrize(
     "app, args, said",
     [
-        ("predict", ["colour=blue"], "Key 'colour' is not in struct"),
+        ("predict", ["colour=blue"], "colour=blue: predict has no setting colour"),
+        ("eval", ["experiment=fashion-mnist"], "eval has no setting experiment; did you mean experiment_name?"),
+        ("eval", ["experiment_name=elsewhere"], "logged a model in experiment 'elsewhere'"),
+        ("predict", ["inputs=.", "experiment_name=elsewhere"], "in experiment 'elsewhere'"),
+        ("register", ["name=fmnist", "experiment_name=elsewhere"], "in experiment 'elsewhere'"),
         ("predict", ["inputs="], "predict: inputs='': give the pictures"),
         ("predict", ["inputs=/nonexistent/photos"], "predict: inputs: /nonexistent/photos does not exist"),
         ("predict", ["inputs=.", "show=-1"], "predict: show=-1 must be a whole number >= 0"),

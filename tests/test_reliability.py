@@ -19,7 +19,7 @@ import torch
 from conftest import REPO, run_cli, wait_until_it_answers
 from omegaconf import OmegaConf
 
-from fmnist_exp import report
+from fmnist_exp import run_tables
 from fmnist_exp.models import LeNet, count_parameters
 from fmnist_exp.tracking import resume
 from fmnist_exp.tracking.sweep import PARENT_FILE, processes_under
@@ -81,7 +81,7 @@ def test_kill_9_then_resume_gives_one_finished_run_with_every_epoch_once(tmp_pat
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     for key in ("train/loss", "val/acc"):
         steps = history(tmp_path, run.info.run_id, key)
-        assert sorted(steps) == [0, 1, 2]  # each epoch exactly once, at step = its epoch
+        assert sorted(steps) == [1, 2, 3]  # each epoch exactly once, at step = epochs trained
     metrics = run.data.metrics  # the run's times cover both legs, not only the last
     assert metrics["time/fit_earlier_legs_s"] == pytest.approx(first_leg_s)
     assert metrics["time/total_s"] > metrics["time/fit_s"] > first_leg_s
@@ -337,7 +337,9 @@ def test_skip_finished_completes_a_killed_sweep(tmp_path, real_data_dir):
     assert len(history(tmp_path, after["6"].info.run_id, "val/acc")) == 3
     # The second sweep's report holds both jobs: the one it finished and the one it reused.
     second = (tmp_path / "second" / PARENT_FILE).read_text().strip()
-    table = report.build_table(report.select_runs(store(tmp_path), "fashion-mnist", second, "")[0])
+    table = run_tables.build_table(
+        run_tables.select_runs(store(tmp_path), "fashion-mnist", second, "")[0]
+    )
     assert sorted(table.status) == ["FINISHED", "FINISHED (reused)"]
     assert set(table.run_id) == {after["4"].info.run_id, after["6"].info.run_id}
 

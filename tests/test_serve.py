@@ -19,9 +19,9 @@ from conftest import REPO, wait_until_it_answers
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fmnist_exp import inference, serve
+from fmnist_exp import inference, serve, web_app
 from fmnist_exp.data.dataset import CLASS_NAMES
-from fmnist_exp.serve import create_app
+from fmnist_exp.web_app import create_app
 
 # `mlflow models serve` execs `uvicorn` by name: the venv's bin/ must be on PATH even when the venv
 # is not activated (make test runs .venv/bin/python directly).
@@ -426,7 +426,7 @@ def test_pictures_decode_a_few_at_a_time_and_health_answers_meanwhile(model, exp
     from concurrent.futures import ThreadPoolExecutor
 
     running, most, lock = 0, 0, threading.Lock()
-    decode = serve.pictures.decode
+    decode = web_app.pictures.decode
 
     def slow_decode(data, name, *args):
         nonlocal running, most
@@ -438,7 +438,7 @@ def test_pictures_decode_a_few_at_a_time_and_health_answers_meanwhile(model, exp
             running -= 1
         return decode(data, name, *args)
 
-    monkeypatch.setattr(serve.pictures, "decode", slow_decode)
+    monkeypatch.setattr(web_app.pictures, "decode", slow_decode)
     client = TestClient(create_app(model))
     body = png_bytes(expected[0][0])
     with ThreadPoolExecutor(6) as pool:
@@ -449,4 +449,4 @@ def test_pictures_decode_a_few_at_a_time_and_health_answers_meanwhile(model, exp
         assert client.get("/health").status_code == 200
         still_decoding = running  # answered while the decodes were under way, not after them
         assert all(a.result().status_code == 200 for a in answers)
-    assert most == serve.DECODES_AT_ONCE and still_decoding > 0
+    assert most == web_app.DECODES_AT_ONCE and still_decoding > 0

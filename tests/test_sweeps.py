@@ -171,7 +171,7 @@ def test_recipes_train_each_rows_network_unchanged(run_main, tmp_path, real_data
 
 
 def test_report_folds_runs_that_differ_only_in_the_seed():
-    from fmnist_exp.report import fold_seeds, untested
+    from fmnist_exp.run_tables import fold_seeds, untested
 
     overrides = ["experiment=a seed=1", "experiment=a seed=2", "experiment=a seed=3", "experiment=a seed=4",
                  "experiment=b seed=1", "experiment=a seed=5"]  # fmt: skip
@@ -203,7 +203,7 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
 def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from fmnist_exp.report import plot
+    from fmnist_exp.run_tables import plot
 
     labels = []
     monkeypatch.setattr(
@@ -311,6 +311,14 @@ def test_a_search_continues_its_study_and_prunes_a_hopeless_trial(
     assert "pruned after 2 epochs" in pruned.data.tags["search.pruned"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert len(client.get_metric_history(pruned.info.run_id, "val/acc")) == 2  # its curves, kept
+    # one record: the study names its objective, each trial its run, at the steps MLflow uses
+    assert study.metric_names == ["val/acc_best"]
+    for trial in study.trials:
+        run_id = by_trial[trial.number].info.run_id
+        assert trial.user_attrs["mlflow_run_id"] == run_id
+        assert trial.user_attrs["mlflow_run"].endswith(f"/runs/{run_id}")
+        logged = client.get_metric_history(run_id, "val/acc")
+        assert trial.intermediate_values == {m.step: pytest.approx(m.value) for m in logged}
     assert all(by_trial[n].info.status == "FINISHED" for n in (0, 1))
     parents = [r for r in runs_by_experiment(tmp_path)["fashion-mnist"]
                if r.data.tags.get("sweep") == "parent"]  # fmt: skip
@@ -486,3 +494,25 @@ def test_a_k_fold_sweep_is_one_row_of_the_report(run_main, tmp_path, real_data_d
     assert f"- hardware: {os.cpu_count()}-core " in said and f"torch {torch.__version__}" in said
     assert f"- commit: {children[0].data.tags['git_commit'][:7]}" in said
     assert "- data: fashion-mnist (data_digest " in said
+
+
+def test_pruning_never_stops_a_trial_on_its_last_epoch():
+    """A trial behind the study after its last epoch has nothing left to save: it completes (its
+    run FINISHED, its value told) instead of ending KILLED with its result thrown away."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fmnist_exp.training.callbacks import PruneHopeless, TrialPruned
+
+    reported = []
+    trial = SimpleNamespace(number=7, should_prune=lambda: True,
+                            report=lambda value, step: reported.append(step))  # fmt: skip
+    prune = PruneHopeless(trial, "{run_id}")
+    trainer = SimpleNamespace(sanity_checking=False, max_epochs=2, current_epoch=0,
+                              callback_metrics={"val/acc": torch.tensor(0.1)})  # fmt: skip
+    with pytest.raises(TrialPruned, match="pruned after 1 epochs"):
+        prune.on_validation_end(trainer, None)
+    trainer.current_epoch = 1  # the last epoch
+    prune.on_validation_end(trainer, None)
+    assert reported == [1, 2]  # steps = epochs trained, as MLflow records them

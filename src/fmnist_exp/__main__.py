@@ -11,8 +11,10 @@ import sys
 import warnings
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from fmnist_exp import command_line
 from fmnist_exp.errors import one_paragraph, user_error
 from fmnist_exp.paths import config_dir, register_resolvers
 
@@ -24,7 +26,7 @@ for noise in (
     warnings.filterwarnings("ignore", message=noise)
 
 
-_jobs_started = 0  # a SystemExit before the first job is Hydra refusing the command line
+_jobs_started = 0  # a Hydra error before the first job is a refused command line
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -70,16 +72,23 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """`python -m fmnist_exp` (and the `fmnist-exp` script). A command line Hydra refuses (an
-    unknown key, an ambiguous value) is bad input, exit 2, as in every app (app.py)."""
+    """`python -m fmnist_exp` (and the `fmnist-exp` script). `--help` lists the groups and the
+    settings with their comments; a command line Hydra refuses (an unknown key, a missing option)
+    is bad input, one paragraph naming the closest real key, exit 2, as in every app (app.py)."""
     global _jobs_started
     _jobs_started = 0
+    args = sys.argv[1:]
+    if {"--help", "-h"} & set(args):
+        print(command_line.training_help(args))
+        return
     try:
-        run()
-    except SystemExit as exit_:
-        if exit_.code == 1 and not _jobs_started:
-            sys.exit(2)
-        raise
+        with command_line.hydra_errors_raised():
+            run()
+    except HydraException as exc:
+        if _jobs_started:
+            raise
+        print(f"error: {one_paragraph(command_line.refused(exc, args, 'train'))}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

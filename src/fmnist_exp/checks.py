@@ -17,11 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp.data.augment import AUGMENTATIONS
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.paths import config_dir
 
 SPLITS = ("official", "random_80_10_10")  # data.split
+AUGMENTATIONS = ("hflip", "crop_padding", "erase_prob")  # data.augment's keys (data/augment.py)
 
 
 def is_number(value) -> bool:
@@ -61,18 +61,18 @@ OPEN_BLOCKS = ("trainer", "model", "optimizer", "callbacks", "logger.tags", "dat
                "hydra")  # fmt: skip
 
 
-def _in_block(key: str, blocks: tuple[str, ...]) -> bool:
+def in_block(key: str, blocks: tuple[str, ...]) -> bool:
     return any(key == b or key.startswith(f"{b}.") for b in blocks)
 
 
-def _keys(node, prefix: str = "") -> list[str]:
+def config_keys(node, prefix: str = "") -> list[str]:
     """Every key path in a config, blocks and leaves."""
     found = []
     for key, value in node.items():
         path = f"{prefix}{key}"
         found.append(path)
         if isinstance(value, Mapping):
-            found += _keys(value, f"{path}.")
+            found += config_keys(value, f"{path}.")
     return found
 
 
@@ -92,12 +92,12 @@ def check_added_keys(overrides: list[str], app: str = "train") -> None:
     schemas cannot refuse these."""
     parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if o.package is None]
     groups = [o for o in parsed if (config_dir() / o.key_or_group).is_dir()]
-    changes = [o for o in parsed if o not in groups and not _in_block(o.key_or_group, OPEN_BLOCKS)]
+    changes = [o for o in parsed if o not in groups and not in_block(o.key_or_group, OPEN_BLOCKS)]
     suspects = [o for o in changes if o.is_add() or o.is_force_add() or o.is_delete()]
     if not suspects:
         return
     plain = [o.input_line for o in parsed if not (o in suspects or o.is_sweep_override())]
-    known = _keys(OmegaConf.to_container(composed_from_files(plain, app)))  # unresolved
+    known = config_keys(OmegaConf.to_container(composed_from_files(plain, app)))  # unresolved
     for override in suspects:
         key = override.key_or_group
         if override.is_force_add() and key in known:  # ++ on a key the files have: a change

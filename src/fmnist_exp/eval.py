@@ -11,17 +11,24 @@ The run is found from the URI, the registry version, or the MLflow run id every 
 For a run tested on its whole test split the figure is the test/acc it logged.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations  # the work's types are imported only to check them (app.py)
 
-import mlflow
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import checks, inference
+from fmnist_exp import checks
 from fmnist_exp.app import hydra_app
 from fmnist_exp.errors import DataError, UserError, one_paragraph
+
+if TYPE_CHECKING:
+    import mlflow
+    import torch
+
+    from fmnist_exp.inference import LoadedModel
 
 FROM_THE_RUN = ("split", "split_seed", "val_size")  # which images are the test split
 
@@ -34,10 +41,12 @@ class Evaluation:
     run: mlflow.entities.Run | None  # the run that trained the model, when it can be found
 
 
-def run_of(model: inference.LoadedModel, tracking_uri: str) -> mlflow.entities.Run | None:
+def run_of(model: LoadedModel, tracking_uri: str) -> mlflow.entities.Run | None:
     """The MLflow run behind the model (inference.load found its id from the logged model, the
     registry version or alias, or the checkpoint), or None (a checkpoint of a run whose store is
     elsewhere)."""
+    import mlflow
+
     try:
         return mlflow.MlflowClient(tracking_uri).get_run(model.run_id) if model.run_id else None
     except mlflow.exceptions.MlflowException:
@@ -81,7 +90,9 @@ def test_split(data: DictConfig, run: mlflow.entities.Run | None) -> tuple[torch
 
 def evaluate(cfg: DictConfig) -> Evaluation:
     checks.check_data(OmegaConf.to_container(cfg.data, resolve=True))  # before the model loads
-    model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment, cfg.dataset)
+    from fmnist_exp import inference
+
+    model = inference.load(str(cfg.model_uri), cfg.tracking_uri, cfg.experiment_name, cfg.dataset)
     run = run_of(model, cfg.tracking_uri)
     images, labels, class_names = test_split(cfg.data, run)
     if tuple(class_names) != tuple(model.class_names):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 
@@ -114,3 +116,33 @@ def load(
         classifier.probabilities_module(), str(path.resolve()), classifier.class_names,
         classifier.run_id,
     )  # fmt: skip
+
+
+def predict_table(model: LoadedModel, names, images: np.ndarray, labels, batch_size: int):
+    """One row per image: input, label, class_name, probability, top3 (and true_label when the
+    inputs carry labels)."""
+    probs = torch.cat([
+        model.probabilities(torch.from_numpy(images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ])  # fmt: skip
+    top_p, top_k = probs.topk(min(3, probs.shape[1]), dim=1)
+    classes = model.class_names
+    table = pd.DataFrame({
+        "input": names,
+        "label": top_k[:, 0].numpy(),
+        "class_name": [classes[k] for k in top_k[:, 0].tolist()],
+        "probability": top_p[:, 0].numpy().round(4),
+        "top3": [", ".join(f"{classes[k]} {p:.2f}" for k, p in zip(ks, ps, strict=True))
+                 for ks, ps in zip(top_k.tolist(), top_p.tolist(), strict=True)],
+    })  # fmt: skip
+    if labels is not None:
+        table["true_label"] = labels
+    return table
+
+
+def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
+    """(share of labelled rows whose label is right, how many are labelled), or None."""
+    if "true_label" not in table:
+        return None
+    known = table[table.true_label >= 0]
+    return float((known.label == known.true_label).mean()), len(known)

@@ -12,49 +12,23 @@ read.
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
 from omegaconf import DictConfig
 
-from fmnist_exp import checks, inference
+from fmnist_exp import checks
 from fmnist_exp.app import hydra_app
-from fmnist_exp.data.inputs import read_inputs
 from fmnist_exp.errors import printable
-
-
-def predict_table(model: inference.LoadedModel, names, images: np.ndarray, labels, batch_size: int):
-    probs = torch.cat([
-        model.probabilities(torch.from_numpy(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ])  # fmt: skip
-    top_p, top_k = probs.topk(min(3, probs.shape[1]), dim=1)
-    classes = model.class_names
-    table = pd.DataFrame({
-        "input": names,
-        "label": top_k[:, 0].numpy(),
-        "class_name": [classes[k] for k in top_k[:, 0].tolist()],
-        "probability": top_p[:, 0].numpy().round(4),
-        "top3": [", ".join(f"{classes[k]} {p:.2f}" for k, p in zip(ks, ps, strict=True))
-                 for ks, ps in zip(top_k.tolist(), top_p.tolist(), strict=True)],
-    })  # fmt: skip
-    if labels is not None:
-        table["true_label"] = labels
-    return table
-
-
-def accuracy(table: pd.DataFrame) -> tuple[float, int] | None:
-    if "true_label" not in table:
-        return None
-    known = table[table.true_label >= 0]
-    return float((known.label == known.true_label).mean()), len(known)
 
 
 def run(cfg: DictConfig) -> int:
     paths = checks.check_predict(cfg)
-    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment, cfg.dataset)
+    import pandas as pd  # the work's imports, once the options passed their checks (app.py)
+
+    from fmnist_exp import inference
+    from fmnist_exp.data.inputs import read_inputs
+
+    model = inference.load(cfg.model_uri, cfg.tracking_uri, cfg.experiment_name, cfg.dataset)
     found = read_inputs(paths, model.class_names)
-    table = predict_table(model, found.names, found.images, found.labels, cfg.batch_size)
+    table = inference.predict_table(model, found.names, found.images, found.labels, cfg.batch_size)
     show = cfg.show
     shown = table.head(show).copy()  # names from outside: printed without their control characters
     for column in ("input", "class_name", "top3"):
@@ -63,7 +37,7 @@ def run(cfg: DictConfig) -> int:
         print(shown.to_string(index=False))
     if len(table) > show:
         print(f"... {len(table) - show} more rows" + (" (all in out=)" if cfg.out else ""))
-    if (acc := accuracy(table)) is not None:
+    if (acc := inference.accuracy(table)) is not None:
         print(f"accuracy {acc[0]:.4f} on {acc[1]} labelled inputs")
     print(f"model {model.uri}")
     if cfg.out:

@@ -6,17 +6,19 @@ logger.register_model=<name>.)"""
 
 from omegaconf import DictConfig
 
-from fmnist_exp import checks, inference
+from fmnist_exp import checks
 from fmnist_exp.app import hydra_app
 from fmnist_exp.errors import UserError
-from fmnist_exp.tracking import store
 
 
 def run(cfg: DictConfig) -> int:
     name, uri, model_uri = cfg.name, cfg.tracking_uri, cfg.model_uri
     checks.check_register(cfg)  # name= given, alias= one MLflow accepts
+    from fmnist_exp import inference  # the work's imports, once the options passed (app.py)
+    from fmnist_exp.tracking import store
+
     if model_uri == "best":
-        model_uri = inference.best_run_uri(uri, cfg.experiment, cfg.dataset)
+        model_uri = inference.best_run_uri(uri, cfg.experiment_name, cfg.dataset)
     if not str(model_uri).startswith("runs:/"):
         raise UserError(
             f"register: model_uri={model_uri} must be best or runs:/<run_id>/model (a logged model)."

@@ -32,7 +32,7 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         check_writable(Path(cfg.paths.output_dir), "paths.output_dir (hydra.run.dir)")
         # the store next: a bad URI, a corrupt or read-only file, an unreachable server fail here,
         # in seconds, before anything is read or recorded (and a brand-new store is made once)
-        store.ensure_store(cfg.logger.tracking_uri, cfg.logger.experiment)
+        experiment_id = store.ensure_store(cfg.logger.tracking_uri, cfg.logger.experiment)
         # what the data files hold is part of the run's identity (skip_finished, resume=last)
         data_digest = instantiate(cfg.data).fingerprint()
         cfg, previous = resume.prepare(cfg, data_digest)  # resumed: the run's own config and folder
@@ -55,10 +55,13 @@ def train(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> dict[str, 
         model = module.classifier(cfg, datamodule)
         state = callbacks.RunState()  # run id, training seconds, random states: in checkpoints
         stop = callbacks.StopOnSignal(Path(cfg.paths.output_dir) / "checkpoints")
-        progress_bar = cfg.trainer.get("enable_progress_bar", True)
-        chosen = callbacks.from_config(cfg.callbacks, progress_bar)
+        shown = [
+            cfg.trainer.get(f"enable_{what}", True) for what in ("progress_bar", "model_summary")
+        ]
+        chosen = callbacks.from_config(cfg.callbacks, *shown)
         if cfg.get("search"):  # a trial of hparams_search=optuna: report val/acc, maybe be pruned
-            chosen.append(callbacks.PruneHopeless(search.trial_of(cfg.search)))
+            page = store.run_page(cfg.logger.tracking_uri, experiment_id, "{run_id}")
+            chosen.append(callbacks.PruneHopeless(search.trial_of(cfg.search), page))
         logger = run.make_logger(cfg, previous)
         trainer = make_trainer(cfg.trainer, [*chosen, *extra_callbacks, state, stop], logger)
 

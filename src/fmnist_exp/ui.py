@@ -11,12 +11,10 @@ import os
 import sys
 from urllib.parse import quote
 
-import mlflow
 from omegaconf import DictConfig
 
 from fmnist_exp import checks
 from fmnist_exp.app import hydra_app
-from fmnist_exp.tracking import store
 
 ORDER = (
     "workflowType=machine_learning&orderByKey="
@@ -33,8 +31,12 @@ def runs_address(base: str, experiment_id: str) -> str:
 def run(cfg: DictConfig) -> int:
     checks.check_whole("ui", "port", cfg.port, 1, 65535)
     checks.check_whole("ui", "workers", cfg.workers, 1)
+    import mlflow  # the work's imports, once the options passed (app.py)
+
+    from fmnist_exp.tracking import store
+
     uri = cfg.tracking_uri
-    experiment_id = store.ensure_store(uri, cfg.experiment)
+    experiment_id = store.ensure_store(uri, cfg.experiment_name)
     mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, *store.MACHINE_LEARNING)
     if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
         print(f"MLflow UI: {runs_address(uri, experiment_id)}")

@@ -9,7 +9,6 @@ copy, not one per step.
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("hflip", "crop_padding", "erase_prob")  # the keys of `data.augment`
 ERASE_AREA = (0.02, 0.33)  # random erasing: fraction of the image (Zhong et al. 2017)
 ERASE_LOG_ASPECT = (-1.2, 1.2)  # log of height/width: about 0.3 to 3.3
 

@@ -36,6 +36,8 @@ NOT_PART_OF_THE_EXPERIMENT = (  # where or how a run goes, or what it shows: not
     "trainer.enable_model_summary",
     "trainer.default_root_dir",
     "callbacks.progress_bar",
+    "callbacks.model_summary",
+    "callbacks.epoch_lines",
     "callbacks.model_checkpoint.dirpath",  # the run's own folder
 )
 
@@ -228,6 +230,8 @@ APPLIED_ON_RESUME = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "callbacks.progress_bar",
+    "callbacks.model_summary",
+    "callbacks.epoch_lines",
     "module.steps_per_call",
 )
 WHERE_IT_RUNS = ("resume", "skip_finished", "paths", "hydra", "logger.tracking_uri")

@@ -52,12 +52,15 @@ class RunLogger(MLFlowLogger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Lightning tags what it logs with the epoch; ours is all per epoch (training sums,
-        validation, test), so each value is recorded at step = its epoch: MLflow's charts then
-        plot the curves against epochs, and a resumed run's epochs line up with the first leg's.
-        A run stopped after its test (while its model was logged) tests again when resumed, on the
-        same checkpoint: those figures are not logged twice."""
-        if "epoch" in metrics:
-            step = int(metrics["epoch"])
+        validation, test), so each value is recorded at step = epochs trained (1 for the first
+        epoch's, as the console, the curves PNG and an Optuna trial count; the test's at the last
+        epoch's step): MLflow's charts then plot the curves against epochs, and a resumed run's
+        epochs line up with the first leg's. A run stopped after its test (while its model was
+        logged) tests again when resumed, on the same checkpoint: those figures are not logged
+        twice."""
+        if "epoch" in metrics:  # Lightning's epoch index: the one running, or after fit the count
+            fitting = not any(key.startswith("test/") for key in metrics)
+            step = int(metrics["epoch"]) + fitting
         metrics = {k: v for k, v in metrics.items() if k not in self.tested}
         if metrics:
             super().log_metrics(metrics, step)
@@ -280,17 +283,17 @@ def _explained(exc: BaseException, killed: bool, stop: StopOnSignal, run: Run) -
 
 
 def summary(cfg: DictConfig, run_id: str, results: dict, model) -> str:
-    """The line a finished run prints, and where to compare it."""
+    """The line a finished run prints, and where to compare it (a sweep says that once, at its
+    end: sweep.py)."""
     uri, output_dir = cfg.logger.tracking_uri, cfg.paths.output_dir
     partial = (f" (partial: {results['test/n_images']} of {results['n_test']} test images)"
                if results["partial"] else "")  # fmt: skip
-    where = (uri if uri.startswith(("http://", "https://"))
-             else "make ui  (or: python -m fmnist_exp.ui)")  # fmt: skip
-    return (
+    line = (
         f"run {run_id}  test/acc={results['test/acc']:.4f}{partial}  "
         f"params={count_parameters(model.net)[0]:,}  epochs={results['epochs']}  "
-        f"wall={results['time/total_s']:.1f}s  outputs={output_dir}\ncompare runs: {where}"
+        f"wall={results['time/total_s']:.1f}s  outputs={output_dir}"
     )
+    return line if sweep.in_sweep() else f"{line}\ncompare runs: {store.compare_where(uri)}"
 
 
 def epoch_history(client, run_id: str) -> list[dict[str, float]]:

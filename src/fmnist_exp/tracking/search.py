@@ -9,13 +9,17 @@ when it exists: trial numbers go on and the sampler sees every earlier trial. It
 ordinary jobs with the trial's values as overrides, and tells the study how each ended. Several
 sweeps on one storage draw trials from one study (Optuna's database storage serialises them).
 
-Each job finds its trial from `search.trial` (an override the sweeper adds) and reports val/acc
-after every validation (`PruneHopeless`); when the pruner finds it behind, the job stops with
-`TrialPruned` (both in training/callbacks.py): its MLflow run is KILLED and tagged
-`search.state=PRUNED`, with its curves kept, and the sweeper tells the study the trial was pruned.
+Each job finds its trial from `search.trial` (an override the sweeper adds), gives it its MLflow
+run's id and address (user attributes `mlflow_run_id`, `mlflow_run`; the run has tags
+`search.study` and `search.trial`), and reports val/acc after every validation at step = epochs
+trained, the step MLflow records it at (`PruneHopeless`); when the pruner finds it behind before its
+last epoch, the job stops with `TrialPruned` (both in training/callbacks.py): its MLflow run is
+KILLED and tagged `search.state=PRUNED`, with its curves kept, and the sweeper tells the study the
+trial was pruned. The study names its objective OBJECTIVE.
 """
 
 import math
+import warnings
 from pathlib import Path
 
 import optuna
@@ -31,6 +35,7 @@ from fmnist_exp.errors import ConfigError
 from fmnist_exp.tracking import store
 
 PRUNED = "pruned"  # what a pruned job returns to the sweeper
+OBJECTIVE = "val/acc_best"  # what a trial's value is: its run's best validation accuracy
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
 
@@ -112,10 +117,14 @@ def storage_of(url: str) -> optuna.storages.BaseStorage | str:
 def open_study(name: str, storage: str, direction: str, sampler, pruner) -> optuna.Study:
     """The study, made on first use and continued after that. Storage errors are one paragraph."""
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=name, storage=storage_of(storage), direction=direction, sampler=sampler,
             pruner=pruner, load_if_exists=True,
         )  # fmt: skip
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE])  # the dashboard's name for the objective
+        return study
     except Exception as exc:  # sqlalchemy, OSError, ValueError: all mean the storage cannot be used
         raise ConfigError(
             f"hydra.sweeper.storage={storage}: the Optuna storage could not be opened "

@@ -142,6 +142,22 @@ def check_store_uri(tracking_uri: str, experiment: str) -> None:
         )
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves a database store (conf/ui.yaml)
+
+
+def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI: on the tracking server itself, or where `make ui` serves."""
+    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def compare_where(tracking_uri: str) -> str:
+    """Where runs are compared: the tracking server, or the UI `make ui` starts."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    return "make ui  (or: python -m fmnist_exp.ui)"
+
+
 def ensure_store(tracking_uri: str, experiment: str) -> str:
     """Create the store's schema and the experiment if needed; return the experiment id.
 

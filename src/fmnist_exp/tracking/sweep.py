@@ -268,6 +268,7 @@ class MLflowSweep(Callback):
                 else ""
             )
             + f"\nreport: python -m fmnist_exp.report sweep={parent_id}"
+            + f"\ncompare runs: {store.compare_where(uri)}"
         )
         if failed:
             print(f"{len(failed)} job(s) failed:", file=sys.stderr)

@@ -6,13 +6,19 @@ checkpoint and what a checkpoint carries besides the weights: RunState).
   no host sync); every `check_every` steps, before each validation (so before the epoch's
   checkpoints) and at the epoch's end the guard looks at the buffer once, and stops the run with
   NonFiniteLoss naming the first step whose loss was NaN or inf and the likely cause.
+- EpochLines: `epoch 3/20  train loss 0.3121 acc 88.61%  val loss 0.3012 acc 89.14%  9.1 s` after
+  each validation, to the `fmnist_exp.epochs` logger: train.log always, and the console unless a
+  progress bar shows the epochs there (a terminal with trainer.enable_progress_bar=true). Piped to
+  a file, under a scheduler or in a sweep's worker, the console gets the lines.
 - StopOnSignal: SIGTERM or SIGINT (a cluster's pre-emption, `kill`, Ctrl+C) raises RunInterrupted
   where the program is; a checkpoint of the moment is saved (interrupted.ckpt) and train() marks the
   run KILLED. last.ckpt (end of the last whole epoch) is what `resume=` continues from.
 """
 
+import logging
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,19 +28,45 @@ import numpy as np
 import optuna
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EMAWeightAveraging,
+    ModelSummary,
+    ProgressBar,
+    RichProgressBar,
+)
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig
 
 from fmnist_exp.errors import UserError
 
 
-def from_config(node: DictConfig, progress_bar: bool) -> list[Callback]:
+def from_config(node: DictConfig, progress_bar: bool, summary: bool) -> list[Callback]:
     """The `callbacks` group, instantiated; entries set to null (or a factory that returns None,
     such as an EMA switched off) are left out, and so are progress bars under
-    trainer.enable_progress_bar=false."""
+    trainer.enable_progress_bar=false and the model summary under enable_model_summary=false."""
     built = [instantiate(spec) for spec in node.values() if spec is not None]
-    return [c for c in built if c is not None and (progress_bar or not isinstance(c, ProgressBar))]
+    return [
+        c
+        for c in built
+        if c is not None
+        and (progress_bar or not isinstance(c, ProgressBar))
+        and (summary or not isinstance(c, ModelSummary))
+    ]
+
+
+class Bar(RichProgressBar):
+    """Lightning's rich progress bar, in a terminal only (elsewhere EpochLines prints the epochs;
+    a bar's last frame in a file says nothing more), without the logger's version (`v_num`),
+    which names nothing a user looks for."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not sys.stdout.isatty():
+            self.disable()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
 
 
 class NonFiniteLoss(UserError):
@@ -212,16 +244,52 @@ class PruneHopeless(L.Callback):
     """A trial of hparams_search=optuna (tracking/search.py): reports val/acc to its Optuna trial
     after every validation, and stops the run when the study's pruner says it is behind."""
 
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
+    def __init__(self, trial: optuna.Trial, run_address: str):
+        self.trial, self.run_address = trial, run_address
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trial.set_user_attr("mlflow_run_id", trainer.logger.run_id)  # the dashboard shows both
+        self.trial.set_user_attr(
+            "mlflow_run", self.run_address.format(run_id=trainer.logger.run_id)
+        )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
         epochs, value = trainer.current_epoch + 1, float(trainer.callback_metrics["val/acc"])
-        self.trial.report(value, epochs)  # step = epochs trained: warm-up counts whole epochs
-        if self.trial.should_prune():
+        self.trial.report(value, epochs)  # step = epochs trained, as in MLflow; warm-up counts them
+        if epochs < trainer.max_epochs and self.trial.should_prune():  # never the last: it is done
             raise TrialPruned(
                 f"trial {self.trial.number} pruned after {epochs} epochs: val/acc {value:.4f} is "
                 f"behind the study's earlier trials after as many epochs"
             )
+
+
+def percent(value) -> str:
+    return f"{100 * float(value):.2f}%"
+
+
+EPOCH_LOG = logging.getLogger("fmnist_exp.epochs")
+
+
+class EpochLines(L.Callback):
+    """One line per epoch, after its validation: epoch, train and val loss and accuracy, seconds."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        bar = trainer.progress_bar_callback
+        self.log_only = bar is not None and bar.is_enabled  # the bar shows them on the console
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        for split in ("train", "val"):
+            if f"{split}/loss" in metrics:
+                parts.append(f"{split} loss {float(metrics[f'{split}/loss']):.4f} "
+                             f"acc {percent(metrics[f'{split}/acc'])}")  # fmt: skip
+        parts.append(f"{time.perf_counter() - self.started:.1f} s")
+        EPOCH_LOG.info("  ".join(parts), extra={"log_only": self.log_only})

@@ -10,17 +10,14 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from fmnist_exp.errors import ConfigError, user_error
+from fmnist_exp.log_filters import Quiet
 from fmnist_exp.training.checkpoint_io import AtomicCheckpointIO
 
-
-class NoTips(logging.Filter):
-    """Lightning's "💡 Tip: try installing ..." lines advertise other products; they are dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
+for lightning_logger in (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+):
+    logging.getLogger(lightning_logger).addFilter(Quiet())
 
 
 def make_trainer(trainer_cfg: DictConfig, callbacks: list[Callback], logger) -> L.Trainer:
