@@ -111,22 +111,32 @@ def module(app: str) -> str:
     return "fmnist_exp" if app == "train" else f"fmnist_exp.{app}"
 
 
-def comments(path: Path, prefix: str = "") -> dict[str, str]:
-    """{dotted key: its trailing comment} of a YAML file's `key: value  # comment` lines."""
-    found, stack, last = {}, [], None
-    for line in path.read_text().splitlines():
-        if last and (more := re.match(r"^\s{8,}#\s?(.*)$", line)):  # the comment goes on below
-            found[last] += " " + more.group(1)
-            continue
-        last = None
-        if not (parsed := KEY_LINE.match(line)) or parsed.group(2) == "defaults":
+def key_paths(lines: list[str]) -> Iterator[tuple[str, str | None, str]]:
+    """(line, its key's dotted path or None, the rest of the line) for YAML in block style: the
+    path from the keys above it at smaller indents."""
+    stack = []
+    for line in lines:
+        if not (parsed := KEY_LINE.match(line)):
+            yield line, None, ""
             continue
         indent, key, rest = len(parsed.group(1)), parsed.group(2), parsed.group(3)
         while stack and stack[-1][0] >= indent:
             stack.pop()
         stack.append((indent, key))
-        if note := COMMENT.search(rest):
-            last = prefix + ".".join(k for _, k in stack)
+        yield line, ".".join(k for _, k in stack), rest
+
+
+def comments(path: Path, prefix: str = "") -> dict[str, str]:
+    """{dotted key: its trailing comment} of a YAML file's `key: value  # comment` lines; a comment
+    line indented under one goes on with it."""
+    found, last = {}, None
+    for line, key, rest in key_paths(path.read_text().splitlines()):
+        if last and key is None and (more := re.match(r"^\s{8,}#\s?(.*)$", line)):
+            found[last] += " " + more.group(1)
+            continue
+        last = None
+        if key and key != "defaults" and (note := COMMENT.search(rest)):
+            last = prefix + key
             found[last] = note.group(1)
     return found
 
@@ -146,24 +156,22 @@ def is_global(path: Path) -> bool:
 
 def annotate(yaml_text: str, notes: dict[str, str]) -> str:
     """YAML (block style, as OmegaConf writes it) with each key's comment from `notes` appended."""
-    lines, stack = [], []
-    for line in yaml_text.splitlines():
-        if parsed := KEY_LINE.match(line):
-            indent, key = len(parsed.group(1)), parsed.group(2)
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            stack.append((indent, key))
-            if note := notes.get(".".join(k for _, k in stack)):
-                line = f"{line:<40} # {note}" if len(line) < 40 else f"{line}  # {note}"
+    lines = []
+    for line, key, _ in key_paths(yaml_text.splitlines()):
+        if note := notes.get(key):
+            line = f"{line:<40} # {note}" if len(line) < 40 else f"{line}  # {note}"
         lines.append(line)
     return "\n".join(lines)
 
 
 def group_choices(path: Path) -> list[tuple[str, str | None, str]]:
-    """(group, default option, comment) for each group in a primary config's defaults list."""
+    """(group, default option, comment) for each group in a primary config's defaults list, in its
+    order; ("_self_", None, "") where the file's own keys come."""
     found = []
     for line in path.read_text().splitlines():
-        if parsed := re.match(r"^\s*-\s*([\w\-]+):\s*([\w\-]+)(.*)$", line):
+        if re.match(r"^\s*-\s*_self_\s*$", line):
+            found.append(("_self_", None, ""))
+        elif parsed := re.match(r"^\s*-\s*([\w\-]+):\s*([\w\-]+)(.*)$", line):
             group, option, rest = parsed.groups()
             note = COMMENT.search(rest)
             if is_group(group):
@@ -181,10 +189,11 @@ def training_help(args: list[str]) -> str:
     groups = [(g, chosen.get(g, option), note) for g, option, note in group_choices(train_yaml)]
     notes = {}
     for group, option, _ in groups:  # in the defaults list's order: later files win, as in Hydra
+        if group == "_self_":
+            notes |= comments(train_yaml)
         for path in chain(group, option) if option else []:
             notes |= comments(path, "" if is_global(path) else f"{group}.")
-        if group == "paths":  # _self_ comes after paths and hydra in conf/train.yaml
-            notes |= comments(train_yaml)
+    groups = [g for g in groups if g[0] != "_self_"]
     cfg = composed_from_files([f"{g}={o}" for g, o in chosen.items()])
     listing = "\n".join(
         f"  {group}={option or 'null'}{'  # ' + note if note else ''}\n"

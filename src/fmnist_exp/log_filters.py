@@ -1,4 +1,5 @@
-"""Filters on what the console shows (conf/hydra/default.yaml and training/trainer.py install them).
+"""Filters on what the console shows: Quiet on Lightning's loggers (training/trainer.py) and on
+Hydra's own console (conf/hydra/default.yaml), LogOnly on the job's console handler (the same file).
 
 - Quiet drops the lines that say nothing a user acts on: accelerators that are not there, an
   advertisement, Lightning's own bookkeeping (the summary it did not add, the weights it loaded

@@ -9,23 +9,11 @@ runs light, for one user: `workers` processes (1) and MLflow's GenAI job runners
 
 import os
 import sys
-from urllib.parse import quote
 
 from omegaconf import DictConfig
 
 from fmnist_exp import checks
 from fmnist_exp.app import hydra_app
-
-ORDER = (
-    "workflowType=machine_learning&orderByKey="
-    + quote("metrics.`val/acc_best`", safe="")
-    + "&orderByAsc=false"
-)
-
-
-def runs_address(base: str, experiment_id: str) -> str:
-    """The UI page of an experiment's runs table, sorted by val/acc_best, best first."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{ORDER}"
 
 
 def run(cfg: DictConfig) -> int:
@@ -38,10 +26,10 @@ def run(cfg: DictConfig) -> int:
     uri = cfg.tracking_uri
     experiment_id = store.ensure_store(uri, cfg.experiment_name)
     mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, *store.MACHINE_LEARNING)
-    if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
-        print(f"MLflow UI: {runs_address(uri, experiment_id)}")
+    base = store.ui_base(uri, f"http://{cfg.host}:{cfg.port}")
+    print(f"MLflow UI: {store.runs_page(base, experiment_id)}", flush=True)
+    if base == uri:  # a tracking server already serves the UI
         return 0
-    print(f"MLflow UI: {runs_address(f'http://{cfg.host}:{cfg.port}', experiment_id)}", flush=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", str(cfg.host), "--port", str(cfg.port), "--workers", str(cfg.workers)]  # fmt: skip
     os.execve(

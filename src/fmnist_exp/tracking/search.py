@@ -276,7 +276,7 @@ class Search(Sweeper):
             state, values = optuna.trial.TrialState.FAIL, None
         study.tell(trial, values, state=state)
         print(f"trial {trial.number}: {state.name}"
-              + (f" val/acc_best={values:.4f}" if values is not None else "")
+              + (f" {OBJECTIVE}={values:.4f}" if values is not None else "")
               + f"  {' '.join(f'{k}={v}' for k, v in trial.params.items())}")  # fmt: skip
 
     @staticmethod

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
+from urllib.parse import quote
 
 import mlflow
 import numpy as np
@@ -143,19 +144,27 @@ def check_store_uri(tracking_uri: str, experiment: str) -> None:
 
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves a database store (conf/ui.yaml)
+RUNS_ORDER = "workflowType=machine_learning&orderByKey=" + quote("metrics.`val/acc_best`", safe="")
+
+
+def ui_base(tracking_uri: str, served_at: str = UI_ADDRESS) -> str:
+    """The MLflow UI's address: the tracking server itself, or where `make ui` serves the store."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else served_at
+
+
+def runs_page(base: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table, sorted by val/acc_best, best first."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{RUNS_ORDER}&orderByAsc=false"
 
 
 def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """A run's page in the MLflow UI: on the tracking server itself, or where `make ui` serves."""
-    base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page in the MLflow UI."""
+    return f"{ui_base(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def compare_where(tracking_uri: str) -> str:
     """Where runs are compared: the tracking server, or the UI `make ui` starts."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
-    return "make ui  (or: python -m fmnist_exp.ui)"
+    return ui_base(tracking_uri, "make ui  (or: python -m fmnist_exp.ui)")
 
 
 def ensure_store(tracking_uri: str, experiment: str) -> str:
