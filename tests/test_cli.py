@@ -36,21 +36,31 @@ def test_train_command_prints_the_summary(tmp_path, real_data_dir):
 
 
 @pytest.mark.slow
-def test_a_piped_run_prints_a_line_per_epoch_and_no_banners(tmp_path, real_data_dir):
+def test_a_piped_sweep_prints_a_line_per_epoch_and_no_banners(tmp_path, real_data_dir):
     """Piped (as under a scheduler or `| tee`), the progress bar is off and each epoch is one line
-    on the console and in train.log; Lightning's lines that say nothing are not printed."""
-    done = run_cli(*fast(tmp_path, real_data_dir), "trainer.max_epochs=2",
-                   "trainer.enable_progress_bar=true", "logger.log_model=false")  # fmt: skip
+    on the console and in each job's train.log; Lightning's lines that say nothing are not printed,
+    in the second job of a sweep either (each job sets up logging again); `compare runs` once."""
+    args = [a for a in fast(tmp_path, real_data_dir) if not a.startswith("hydra.run.dir")]
+    # the model logged, as by default: once MLflow's pytorch flavour has imported pytorch_lightning,
+    # the second job's lines come through pytorch_lightning.utilities.rank_zero
+    done = run_cli("--multirun", *args, "seed=1,2", "trainer.max_epochs=2",
+                   "trainer.enable_progress_bar=true", "trainer.enable_model_summary=true",
+                   f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     console = done.stdout + done.stderr
-    for log in (console, (tmp_path / "run" / "train.log").read_text()):
+    logs = [(tmp_path / "sweep" / job / "train.log").read_text() for job in ("0", "1")]
+    for log, epochs in (
+        (console, 2 * ["epoch 1/2", "epoch 2/2"]),
+        *((t, ["epoch 1/2", "epoch 2/2"]) for t in logs),
+    ):
         lines = [line.split(" - ")[-1] for line in log.splitlines() if " epoch " in f" {line}"]
-        assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], log[-2000:]
+        assert [line.split("  ")[0] for line in lines] == epochs, log[-2000:]
         assert all(" train loss " in line and " val loss " in line for line in lines), lines
         assert all(line.endswith(" s") and "acc " in line for line in lines), lines
     for noise in ("GPU available: False", "TPU available", "v_num", "Tip:", "Loading `train_dataloader`",
-                  "━━"):  # fmt: skip
+                  "Trainer already configured", "━━"):  # fmt: skip
         assert noise not in console, noise
+    assert console.count("compare runs:") == 1
 
 
 def test_mlflow_tracking_uri_env_wins(run_main, tmp_path, real_data_dir):
@@ -143,8 +153,8 @@ def assert_one_paragraph_error(done, expected: str) -> None:
         (["model.chanels=3"], "did you mean model.channels?"),
         (["model=resnet", "model.width=[8]"], "did you mean model.widths?"),
         (["modle=mlp"], "did you mean module or model?"),
-        (["model=lenet_nb"], "model=lenet_nb: there is no conf/model/lenet_nb.yaml; did you mean model=lenet_bn or model=lenet? The choices are lenet, lenet_bn,"),
-        (["experiment=blog_mlpp"], "did you mean experiment=blog_mlp?"),
+        (["model=lenet_nb"], "model=lenet_nb: there is no conf/model/lenet_nb.yaml. Did you mean model=lenet_bn or model=lenet? The choices are lenet, lenet_bn,"),
+        (["experiment=blog_mlpp"], "Did you mean experiment=blog_mlp?"),
         (["model.channels=[1,"], "the command line cannot be read: no viable alternative at input '[1,'. Each argument is KEY=VALUE"),
     ],
 )  # fmt: skip
@@ -152,6 +162,11 @@ def test_a_command_line_hydra_refuses_names_the_closest_real_key(run_main, args,
     """Hydra's own text suggests `+key=` for a typo (which the run then refuses as a key it never
     reads); ours names the key or option meant, in one paragraph, exit 2 like any bad input."""
     assert_one_paragraph_error(run_main(*args), said)
+
+
+def test_help_with_an_option_that_does_not_exist_is_one_paragraph(run_main):
+    done = run_main("model=nosuch", "--help")
+    assert_one_paragraph_error(done, "model=nosuch: there is no conf/model/nosuch.yaml")
 
 
 def test_training_help_shows_every_setting_with_its_comment(capsys):

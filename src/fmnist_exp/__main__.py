@@ -78,10 +78,10 @@ def main() -> None:
     global _jobs_started
     _jobs_started = 0
     args = sys.argv[1:]
-    if {"--help", "-h"} & set(args):
-        print(command_line.training_help(args))
-        return
     try:
+        if {"--help", "-h"} & set(args):  # with group choices: the settings they compose
+            print(command_line.training_help(args))
+            return
         with command_line.hydra_errors_raised():
             run()
     except HydraException as exc:

@@ -84,9 +84,9 @@ def refused(exc: HydraException, args: list[str], app: str) -> ConfigError:
         group, option = found.groups()
         options = options_of(group)
         close = nearest(option, options)
-        instead = f"did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
+        instead = f"Did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
         return ConfigError(
-            f"{group}={option}: there is no conf/{group}/{option}.yaml; {instead}The choices are "
+            f"{group}={option}: there is no conf/{group}/{option}.yaml. {instead}The choices are "
             f"{', '.join(options)}."
         )
     if isinstance(exc, OverrideParseException):
@@ -185,6 +185,7 @@ def training_help(args: list[str]) -> str:
     """`python -m fmnist_exp [GROUP=OPTION ...] --help`: the config groups with every option, then the
     settings those choices compose, each key with the comment its file gives it."""
     chosen = dict(a.split("=", 1) for a in args if "=" in a and is_group(a.split("=")[0]))
+    cfg = composed_from_files([f"{g}={o}" for g, o in chosen.items()])  # a bad choice raises here
     train_yaml = config_dir() / "train.yaml"
     groups = [(g, chosen.get(g, option), note) for g, option, note in group_choices(train_yaml)]
     notes = {}
@@ -194,7 +195,6 @@ def training_help(args: list[str]) -> str:
         for path in chain(group, option) if option else []:
             notes |= comments(path, "" if is_global(path) else f"{group}.")
     groups = [g for g in groups if g[0] != "_self_"]
-    cfg = composed_from_files([f"{g}={o}" for g, o in chosen.items()])
     listing = "\n".join(
         f"  {group}={option or 'null'}{'  # ' + note if note else ''}\n"
         f"      options: {', '.join(options_of(group))}"

@@ -1,5 +1,6 @@
-"""Filters on what the console shows: Quiet on Lightning's loggers (training/trainer.py) and on
-Hydra's own console (conf/hydra/default.yaml), LogOnly on the job's console handler (the same file).
+"""Filters on what the console shows. conf/hydra/default.yaml puts Quiet and LogOnly on the
+console handler Hydra makes for every job, and Quiet on Hydra's own console; training/trainer.py
+puts Quiet on Lightning's loggers for runs outside Hydra's logging (tests, the benchmark).
 
 - Quiet drops the lines that say nothing a user acts on: accelerators that are not there, an
   advertisement, Lightning's own bookkeeping (the summary it did not add, the weights it loaded

@@ -13,9 +13,11 @@ from fmnist_exp.errors import ConfigError, user_error
 from fmnist_exp.log_filters import Quiet
 from fmnist_exp.training.checkpoint_io import AtomicCheckpointIO
 
-for lightning_logger in (
+for lightning_logger in (  # pytorch_lightning's once MLflow's pytorch flavour has imported it
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
 ):
     logging.getLogger(lightning_logger).addFilter(Quiet())
 
