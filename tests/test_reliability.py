@@ -113,6 +113,44 @@ def test_sigterm_saves_a_checkpoint_marks_killed_and_resumes_by_id(tmp_path, rea
     assert "error" not in run.data.tags  # the first leg's; the run finished
 
 
+def test_a_signal_during_a_store_write_waits_for_the_write(tmp_path):
+    """A SIGTERM that landed as an MLflow write committed (here: at SQLAlchemy's commit event)
+    left sqlite's write lock held while the stop was handled, so the run's own error tag and KILLED
+    status could not be written (a suite run saw 60 s of "database is locked" and a RUNNING run).
+    Now the write ends, the store stays writable, and the stop comes at the next batch."""
+    import os
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from fmnist_exp.training.callbacks import RunInterrupted, StopOnSignal
+
+    client = mlflow.MlflowClient(store(tmp_path))
+    run_id = client.create_run(client.create_experiment("signals")).info.run_id
+    fired = []
+
+    def signal_at_commit(conn):
+        if not fired:
+            fired.append(conn)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside SQLAlchemy's frames
+
+    event.listen(Engine, "commit", signal_at_commit)
+    stopped = []
+    try:
+        with StopOnSignal(tmp_path / "checkpoints") as stop:
+            try:
+                client.set_tag(run_id, "written", "during the signal")
+                stop.on_train_batch_start(None, None, None, 0)  # the next batch
+            except RunInterrupted as exc:  # held while the stop is recorded, as lifecycle() does
+                stopped.append(exc)
+                client.set_terminated(run_id, "KILLED")  # was: database is locked
+    finally:
+        event.remove(Engine, "commit", signal_at_commit)
+    assert fired and stopped and stop.received == "SIGTERM"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["written"] == "during the signal"
+
+
 @pytest.mark.slow
 def test_sigterm_before_the_first_epoch_ends_says_to_start_again(tmp_path, real_data_dir):
     common = [*SHORT, "trainer.limit_train_batches=400", f"data.data_dir={real_data_dir}",

@@ -11,8 +11,9 @@ checkpoint and what a checkpoint carries besides the weights: RunState).
   progress bar shows the epochs there (a terminal with trainer.enable_progress_bar=true). Piped to
   a file, under a scheduler or in a sweep's worker, the console gets the lines.
 - StopOnSignal: SIGTERM or SIGINT (a cluster's pre-emption, `kill`, Ctrl+C) raises RunInterrupted
-  where the program is; a checkpoint of the moment is saved (interrupted.ckpt) and train() marks the
-  run KILLED. last.ckpt (end of the last whole epoch) is what `resume=` continues from.
+  where the program is (inside a database write: at the next batch, once the write is done); a
+  checkpoint of the moment is saved (interrupted.ckpt) and train() marks the run KILLED. last.ckpt
+  (end of the last whole epoch) is what `resume=` continues from.
 """
 
 import logging
@@ -124,6 +125,25 @@ class FiniteLossGuard(L.Callback):
         )
 
 
+DATABASE_CODE = (
+    "sqlalchemy.",
+    "sqlite3",
+    "mlflow.store.",
+)  # modules whose frames hold a transaction
+
+
+def in_a_database_write(frame) -> bool:
+    """Whether the interrupted code is inside SQLAlchemy or MLflow's store (an MLflow or Optuna
+    write). A RunInterrupted raised there (at a commit, for one) left the connection's transaction
+    open, and with it sqlite's write lock, while the stop was recorded: the run's own KILLED could
+    not be written (test_reliability.py::test_a_signal_during_a_store_write_waits_for_the_write)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(DATABASE_CODE):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class StopOnSignal(L.Callback):
     """Handlers installed while the MLflow run lives (tracking/run.py enters it); the old handlers
     come back afterwards."""
@@ -133,6 +153,7 @@ class StopOnSignal(L.Callback):
     def __init__(self, checkpoint_dir: Path):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.received: str | None = None
+        self.pending = False  # received during a database write: raised at the next batch
         self.saved: Path | None = None
         self._previous = {}
 
@@ -152,7 +173,20 @@ class StopOnSignal(L.Callback):
         if self.received:  # a second signal while shutting down: let the first finish
             return
         self.received = signal.Signals(signum).name
+        if in_a_database_write(frame):  # cut short, it would keep sqlite's lock from our KILLED
+            self.pending = True
+            return
         raise RunInterrupted(self.received)
+
+    def _raise_pending(self, *_) -> None:
+        """The signal that arrived during a database write, at the next step, validation or test
+        batch, or epoch end."""
+        if self.pending:
+            self.pending = False
+            raise RunInterrupted(self.received)
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = _raise_pending
+    on_train_epoch_end = on_validation_end = _raise_pending
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, RunInterrupted) and trainer.global_step > 0:
