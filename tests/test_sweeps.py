@@ -203,7 +203,7 @@ def test_report_folds_runs_that_differ_only_in_the_seed():
 def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from fmnist_exp.run_tables import plot
+    from fmnist_exp.sweep_chart import plot
 
     labels = []
     monkeypatch.setattr(
@@ -223,6 +223,49 @@ def test_report_plot_labels_every_row_and_stacks_near_neighbours(tmp_path, monke
         ("a (x3)", 120, (7, -16)),
         ("d (x3)", 1000, (7, 2)),
     ]
+
+
+def test_report_chart_of_a_search_keys_its_points_and_rounds_its_numbers(tmp_path, monkeypatch):
+    """A search's configurations differ in long float overrides: each point gets a number, a key
+    under the chart names them best first (floats to 3 digits, the trial number first), what every
+    run shares is said once, and matplotlib has nothing to warn about (it warned that the layout
+    collapsed when the names sat beside the points)."""
+    import warnings
+
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from fmnist_exp.sweep_chart import names, plot
+
+    n = 14
+    seeds = pd.DataFrame({
+        "model": "lenet_bn", "params": pd.array([45326 if i % 2 else 85918 for i in range(n)], "Int64"),
+        "overrides": [f"optimizer.lr={0.0034336287120210677 + i / 1e5} model.channels={8 if i % 2 else 16} "
+                      f"trainer.max_epochs=3 +search.storage=x +search.trial={i}" for i in range(n)],
+        "runs": 1, "test_acc_mean": [0.80 + i / 100 for i in range(n)], "test_acc_min": 0.7,
+        "test_acc_max": 0.95, "reference_acc": None, "epochs": 3,
+    })  # fmt: skip
+    named, common = names(seeds)
+    assert (
+        named[0] == "trial 0 optimizer.lr=0.00343 model.channels=16"
+        and common == "trainer.max_epochs=3"
+    )
+    annotated, texts = [], []
+    monkeypatch.setattr(Axes, "annotate", lambda ax, text, xy, **kw: annotated.append(text))
+    real_text = Figure.text
+    monkeypatch.setattr(
+        Figure,
+        "text",
+        lambda fig, *a, **kw: texts.append((a[2], kw.get("family"))) or real_text(fig, *a, **kw),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot(seeds, tmp_path / "search.png").is_file()
+    assert annotated == [str(i) for i in range(1, n + 1)]
+    (key,) = [text for text, family in texts if family == "monospace"]
+    assert (
+        key.splitlines()[0] == "  1  93.00%  45,326  trial 13 optimizer.lr=0.00356 model.channels=8"
+    )
 
 
 def test_an_empty_sweep_range_is_refused_before_anything_is_made(run_main, tmp_path, real_data_dir):

@@ -28,6 +28,7 @@ def report(cfg: DictConfig) -> Path:
     import pandas as pd
 
     from fmnist_exp import run_tables as tables
+    from fmnist_exp import sweep_chart
 
     uri, where = cfg.tracking_uri, str(cfg.filter or "")
     sweep = "" if cfg.sweep is None or (where and cfg.sweep == "latest") else str(cfg.sweep)
@@ -56,7 +57,7 @@ def report(cfg: DictConfig) -> Path:
     for name, frame, notes in (("table", table, source), ("seeds", seeds, source + left_out)):
         frame.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(tables.to_markdown(frame) + "\n" + notes)
-    tables.plot(seeds, out / "params_vs_accuracy.png")
+    sweep_chart.plot(seeds, out / "params_vs_accuracy.png", command)
     if parent_id:
         client = mlflow.MlflowClient(uri)
         for name in ("table.csv", "table.md", "seeds.csv", "seeds.md", "params_vs_accuracy.png"):

@@ -1,20 +1,16 @@
 """Runs from MLflow as pandas tables for `python -m fmnist_exp.report` (report.py): one row per
 run, runs that differ only in the seed or the k-fold fold folded into one (mean +- std), their
-provenance, markdown, and the parameters-vs-accuracy chart."""
+provenance and markdown. The chart is sweep_chart.py's."""
 
-from pathlib import Path
+import re
 
-import matplotlib
+import mlflow
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from fmnist_exp.errors import UserError  # noqa: E402
-from fmnist_exp.tracking import resume, same_data  # noqa: E402
-from fmnist_exp.tracking import sweep as sweep_runs  # noqa: E402
+from fmnist_exp.errors import UserError
+from fmnist_exp.tracking import resume, same_data
+from fmnist_exp.tracking import sweep as sweep_runs
 
 COLUMNS = ["run", "model", "overrides", "params", "best_val_acc", "test_acc", "reference_acc",
            "delta_pp", "epochs", "wall_s", "status", "commit", "date", "run_id"]  # fmt: skip
@@ -238,6 +234,14 @@ def provenance(runs: pd.DataFrame, data: same_data.Data, command: str | None) ->
     ]) + "\n"  # fmt: skip
 
 
+LONG_FLOAT = re.compile(r"(?<![\w.])-?\d+\.\d{5,}(?:e-?\d+)?")  # 0.0034336287120210677
+
+
+def rounded(text: str, digits: int) -> str:
+    """Overrides with long floats (an Optuna trial's values) cut to `digits` significant digits."""
+    return LONG_FLOAT.sub(lambda m: f"{float(m.group()):.{digits}g}", str(text))
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     def cell(name: str, value) -> str:
         if pd.isna(value):
@@ -250,6 +254,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             return f"{value:,}"
         if name == "delta_pp":
             return f"{value:+.2f}"
+        if name == "overrides":  # the CSV keeps every digit
+            value = rounded(value, 4)
         return str(value).replace("|", "\\|")
 
     columns = [c for c in table.columns if c != "run_id"]
@@ -258,56 +264,3 @@ def to_markdown(table: pd.DataFrame) -> str:
         "| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for _, row in table.iterrows()
     ]
     return "\n".join(lines) + "\n"
-
-
-def draw_points(ax: plt.Axes, done: pd.DataFrame) -> None:
-    """plot()'s points, labels and published numbers, for the rows with a test accuracy."""
-    mean = done.test_acc_mean * 100
-    ax.errorbar(done.params, mean, yerr=[mean - done.test_acc_min * 100, done.test_acc_max * 100 - mean],
-                fmt="o", color="tab:blue", capsize=3, zorder=3,
-                label="ours: test acc, mean (bar: min-max over seeds)")  # fmt: skip
-    names = (done.overrides.where(done.overrides != "", done.model)).str.replace("experiment=", "")
-    twice = names.duplicated(keep=False)  # one name, two configs (a file edited between runs)
-    names = names.where(~twice, names + ", " + done.epochs.astype(str) + " epochs")
-    names = names.where(done.runs < 2, names + " (x" + done.runs.astype(str) + ")")
-    # Labels of points less than 1.4x apart in parameters would run into each other: such a cluster
-    # stacks its labels top to bottom, one line each, right of its largest model, from its best
-    # accuracy down (anchored at each point, a left point's label ran through the right points).
-    labelled = done.assign(name=names).sort_values("params").reset_index(drop=True)
-    params = labelled.params.astype(float)  # Int64 would make the first row's ratio <NA>, no group
-    labelled["cluster"] = (params / params.shift() >= 1.4).cumsum()
-    for _, column in labelled.groupby("cluster"):
-        column = column.sort_values("test_acc_mean", ascending=False)
-        right, top = float(column.params.max()), column.test_acc_mean.iloc[0] * 100
-        for below, row in enumerate(column.itertuples()):
-            ax.annotate(row.name, (right, top), fontsize=7, xytext=(7, 2 - 9 * below),
-                        textcoords="offset points")  # fmt: skip
-    published = done.dropna(subset=["reference_acc"])
-    if not published.empty:
-        ax.scatter(published.params, published.reference_acc * 100, facecolors="none", edgecolors="tab:red",
-                   zorder=3, label="published")  # fmt: skip
-        for _, row in published.iterrows():
-            ax.plot([row.params] * 2, [row.reference_acc * 100, row.test_acc_mean * 100],
-                    color="grey", lw=0.8)  # fmt: skip
-
-
-def plot(seeds: pd.DataFrame, path: Path) -> Path:
-    """One point per configuration (fold_seeds): the mean test accuracy, a bar from the worst to the
-    best seed, and a grey line down (or up) to the published number."""
-    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
-    done = seeds.dropna(subset=["params", "test_acc_mean"])
-    if done.empty:  # every run stopped, failed or was pruned before its test
-        ax.text(0.5, 0.5, "no run with a test accuracy", ha="center", transform=ax.transAxes)
-    else:
-        draw_points(ax, done)
-        ax.legend()
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="parameters (log scale)",
-        ylabel="test accuracy (%)",
-        title="Fashion-MNIST: parameters vs accuracy",
-    )
-    ax.grid(alpha=0.3, which="both")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
